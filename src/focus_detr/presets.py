@@ -1,0 +1,153 @@
+"""Named presets: every row of the Focus-DETR model zoo, plus small models for CPUs.
+
+Each preset carries the architecture, the training recipe, the upstream download URL of its
+released detrex checkpoint (``None`` where upstream published none) and the COCO val2017 box AP
+published for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from focus_detr.config import Config, ModelConfig, TrainConfig
+
+_RELEASES = "https://github.com/linxid/Focus-DETR-mindspore/releases/download/Focus-DETR"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model configuration.
+
+    Attributes:
+        name: preset name (the config name of the upstream model zoo for the zoo rows).
+        config: architecture and training recipe.
+        weights_url: released checkpoint (``.zip`` or ``.pth``), or ``None``.
+        coco_ap: published COCO val2017 box AP (percent), or ``None``.
+        backbone_weights: file name of the ImageNet weights the recipe starts from.
+        description: one line for listings.
+    """
+
+    name: str
+    config: Config
+    weights_url: str | None
+    coco_ap: float | None
+    backbone_weights: str | None
+    description: str
+
+
+def _schedule(epochs: int) -> TrainConfig:
+    drops = {12: (11.0,), 24: (20.0,), 36: (30.0,)}[epochs]
+    return TrainConfig(epochs=float(epochs), lr_drop_epochs=drops)
+
+
+def _resnet(depth: int, epochs: int, url: str | None, ap: float) -> Preset:
+    # The 24 and 36 epoch ResNet models were trained with DAB-DETR's position embedding.
+    long_schedule = epochs > 12
+    model = ModelConfig(
+        backbone=f"resnet{depth}",
+        position_temperature=20.0 if long_schedule else 10000.0,
+        position_offset=0.0 if long_schedule else -0.5,
+    )
+    return Preset(
+        name=f"focus_detr_r{depth}_4scale_{epochs}ep",
+        config=Config(model=model, train=_schedule(epochs)),
+        weights_url=url,
+        coco_ap=ap,
+        backbone_weights=f"torchvision R-{depth} (resnet{depth}-*.pth)",
+        description=f"Focus-DETR R-{depth}, 4 scales, {epochs} epochs, IN1k backbone",
+    )
+
+
+_SWIN_ARCH = {
+    # name: (backbone, window, pretrain size, drop path)
+    "tiny_224": ("swin_tiny", 7, 224, 0.1),
+    "base_384": ("swin_base", 12, 384, 0.2),
+    "large_384": ("swin_large", 12, 384, 0.2),
+}
+
+
+def _swin(arch: str, epochs: int, in22k: bool, url: str | None, ap: float) -> Preset:
+    backbone, window, size, drop_path = _SWIN_ARCH[arch]
+    model = ModelConfig(
+        backbone=backbone,
+        swin_window_size=window,
+        swin_pretrain_size=size,
+        backbone_drop_path=drop_path,
+    )
+    tag = "_22k" if in22k else ""
+    pretrain = "IN22k->1k" if in22k else "IN1k"
+    weights = {
+        ("tiny_224", False): "swin_tiny_patch4_window7_224.pth",
+        ("tiny_224", True): "swin_tiny_patch4_window7_224_22kto1k_finetune.pth",
+        ("base_384", True): "swin_base_patch4_window12_384_22k.pth",
+        ("large_384", True): "swin_large_patch4_window12_384_22k.pth",
+    }[(arch, in22k)]
+    return Preset(
+        name=f"focus_detr_swin_{arch}_4scale{tag}_{epochs}ep",
+        config=Config(model=model, train=_schedule(epochs)),
+        weights_url=url,
+        coco_ap=ap,
+        backbone_weights=weights,
+        description=f"Focus-DETR Swin-{arch[0].upper()}-{size}, 4 scales, {epochs} epochs, {pretrain}",
+    )
+
+
+ZOO: tuple[Preset, ...] = (
+    _resnet(50, 12, f"{_RELEASES}/focus_detr_r50_4scale_12ep.zip", 48.8),
+    _resnet(50, 24, f"{_RELEASES}/focus_detr_r50_4scale_24ep.zip", 50.3),
+    _resnet(50, 36, f"{_RELEASES}/focus_detr_r50_4scale_36ep_v3.zip", 50.4),
+    _resnet(101, 12, f"{_RELEASES}/focus_detr_r101_4scale_12ep.zip", 50.8),
+    _resnet(101, 24, f"{_RELEASES}/focus_detr_r101_4scale_24ep.zip", 51.2),
+    # Upstream's config for this row forgets to set depth=101; the released weights are R-101.
+    _resnet(101, 36, f"{_RELEASES}/focus_detr_r101_4scale_36ep_v2.zip", 51.4),
+    _swin("tiny_224", 12, False, f"{_RELEASES}/focus_detr_swin_tiny_224_4scale_12ep.zip", 50.0),
+    _swin("tiny_224", 24, False, f"{_RELEASES}/focus_detr_swin_tiny_224_4scale_24ep.zip", 51.2),
+    _swin(
+        "tiny_224",
+        36,
+        False,
+        "https://github.com/IDEA-Research/detrex-storage/releases/download/v0.1.1/"
+        "focus_detr_swin_tiny_224_4scale_12ep.pth",
+        52.5,
+    ),
+    # Upstream lists this row without a download link.
+    _swin("tiny_224", 36, True, None, 53.2),
+    _swin("base_384", 36, True, f"{_RELEASES}/focus_detr_swin_base_384_4scale_22k_36ep.pth", 56.2),
+    # Upstream lists this row without a download link.
+    _swin("large_384", 36, True, None, 56.3),
+)
+
+_EXTRA: tuple[Preset, ...] = ()
+
+
+def register(preset: Preset) -> None:
+    """Add a preset (e.g. a small model for CPU work) to the registry of names."""
+    global _EXTRA
+    if preset.name in _by_name():
+        raise ValueError(f"a preset named {preset.name!r} exists already")
+    _EXTRA = (*_EXTRA, preset)
+
+
+def _by_name() -> dict[str, Preset]:
+    return {p.name: p for p in (*ZOO, *_EXTRA)}
+
+
+def preset_names() -> list[str]:
+    """Names of all presets, model-zoo rows first."""
+    return list(_by_name())
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a clear error lists the known names otherwise."""
+    presets = _by_name()
+    if name not in presets:
+        known = "\n  ".join(presets)
+        raise KeyError(f"unknown preset {name!r}; known presets:\n  {known}")
+    return presets[name]
+
+
+def with_model(preset: Preset, **changes: object) -> Preset:
+    """A copy of ``preset`` with some model settings changed."""
+    model = dataclasses.replace(preset.config.model, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(preset, config=dataclasses.replace(preset.config, model=model))
