@@ -32,6 +32,8 @@ class ModelConfig:
         backbone: one of :data:`BACKBONES`; ResNets use the detectron2 layout (FrozenBN).
         backbone_width: channels of the ResNet stem (64 for the standard networks); smaller
             values give the light backbones of the CPU presets.
+        backbone_norm: ResNet normalisation: ``frozen_bn`` (released models, ImageNet
+            initialised) or ``bn`` (trainable BatchNorm, for training from scratch).
         swin_window_size: Swin attention window (7 for the 224 models, 12 for 384).
         swin_pretrain_size: ImageNet resolution of the Swin weights (informative only).
         backbone_frozen_stages: ResNet stages frozen during training (1 = stem, as detrex).
@@ -61,6 +63,7 @@ class ModelConfig:
 
     backbone: str = "resnet50"
     backbone_width: int = 64
+    backbone_norm: str = "frozen_bn"
     swin_window_size: int = 7
     swin_pretrain_size: int = 224
     backbone_frozen_stages: int = 1
@@ -90,6 +93,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(self.backbone in BACKBONES, f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         _check(self.backbone_width > 0, "backbone_width must be positive")
+        _check(self.backbone_norm in ("frozen_bn", "bn"), "backbone_norm must be frozen_bn or bn")
         _check(self.num_classes >= 1, "num_classes must be >= 1")
         _check(self.embed_dim % self.num_heads == 0, "embed_dim must be divisible by num_heads")
         _check(self.embed_dim % 32 == 0, "embed_dim must be a multiple of 32 (GroupNorm groups)")

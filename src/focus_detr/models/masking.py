@@ -18,6 +18,11 @@ def valid_sizes_at_stride(image_sizes: Tensor, stride: int) -> Tensor:
     return torch.div(image_sizes + (stride - 1), stride, rounding_mode="floor")
 
 
+def optional_valid_sizes(image_sizes: Tensor | None, stride: int) -> Tensor | None:
+    """:func:`valid_sizes_at_stride`, passing ``None`` (no padding anywhere) through."""
+    return None if image_sizes is None else valid_sizes_at_stride(image_sizes, stride)
+
+
 def padding_mask_from_sizes(valid_sizes: Tensor, height: int, width: int) -> Tensor:
     """``[B, height, width]`` bool, True outside each image's ``[h, w]`` valid top-left area."""
     rows = torch.arange(height, device=valid_sizes.device)

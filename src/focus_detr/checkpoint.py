@@ -1,0 +1,242 @@
+"""Load weights: detrex releases (``.pth`` / ``.zip``, local or URL) and our own checkpoints.
+
+Nothing is unpickled beyond tensors and plain containers (``torch.load(weights_only=True)``);
+``.safetensors`` files are read when the ``safetensors`` package is installed. Loading keeps the
+model's dtype and device (values are copied into the existing parameters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from focus_detr.convert import describe_architecture, detrex_to_native, is_detrex_layout
+
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """Outcome of :func:`load_checkpoint` (non-strict loads can inspect it)."""
+
+    source: str
+    layout: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    aliases_checked: int = 0
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights go: ``$FOCUS_DETR_CACHE`` or ``~/.cache/focus_detr``."""
+    root = os.environ.get("FOCUS_DETR_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "focus_detr"
+
+
+def download(url: str, *, progress: bool = True) -> Path:
+    """Fetch ``url`` (http, https or file) into the cache once; returns the local path.
+
+    The file is written to a temporary name and renamed when complete, so an interrupted
+    download never leaves a truncated file behind.
+    """
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https", "file"):
+        raise CheckpointError(f"unsupported URL scheme in {url!r}")
+    name = Path(urllib.parse.unquote(parsed.path)).name or "checkpoint"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    target = cache_dir() / digest / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".download-")
+    try:
+        with urllib.request.urlopen(url) as response, os.fdopen(fd, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            _copy_with_progress(response, out, total, name if progress else None)
+        os.replace(temporary, target)
+    except (OSError, ValueError) as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise CheckpointError(f"could not download {url}: {error}") from error
+    return target
+
+
+def _copy_with_progress(source, destination, total: int | None, label: str | None) -> None:  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=label is None) as bar:
+        while chunk := source.read(1 << 20):
+            destination.write(chunk)
+            bar.update(len(chunk))
+
+
+def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The model state dict in ``source``: a path, URL, ``.zip`` or an in-memory mapping.
+
+    Accepts a bare state dict or a checkpoint dict with a ``"model"`` (detrex, ours) or
+    ``"state_dict"`` entry; strips a ``module.`` prefix left by DistributedDataParallel.
+    """
+    if isinstance(source, Mapping):
+        payload: object = dict(source)
+    else:
+        path = _local_path(str(source))
+        payload = _load_file(path)
+    state = _unwrap(payload, str(source) if not isinstance(source, Mapping) else "<dict>")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _local_path(source: str) -> Path:
+    if "://" in source:
+        return download(source)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {source!r} does not exist")
+    return path
+
+
+def _load_file(path: Path) -> object:
+    if zipfile.is_zipfile(path) and not _is_torch_zip(path):
+        return _load_from_archive(path)
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as error:
+            raise CheckpointError("reading .safetensors needs `pip install safetensors`") from error
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path} holds Python objects other than tensors and plain containers; refusing to "
+            f"unpickle it (weights_only=True). Re-save its state dict with torch.save. ({error})"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
+
+
+def _is_torch_zip(path: Path) -> bool:
+    """torch.save's own format is a zip with a ``*/data.pkl`` member."""
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("data.pkl") for name in archive.namelist())
+
+
+def _load_from_archive(path: Path) -> object:
+    """A release ``.zip``: load the single weights file inside it."""
+    with zipfile.ZipFile(path) as archive:
+        members = [
+            info
+            for info in archive.infolist()
+            if not info.is_dir()
+            and info.filename.endswith(_WEIGHT_SUFFIXES)
+            and not Path(info.filename).name.startswith(".")
+            and "__MACOSX" not in info.filename
+        ]
+        if len(members) != 1:
+            names = [m.filename for m in members] or archive.namelist()
+            raise CheckpointError(f"{path} should hold exactly one weights file, found: {names}")
+        with tempfile.TemporaryDirectory() as folder:
+            extracted = Path(folder) / Path(members[0].filename).name
+            with archive.open(members[0]) as src, open(extracted, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            return _load_file(extracted)
+
+
+def _unwrap(payload: object, source: str) -> dict[str, Tensor]:
+    if isinstance(payload, Mapping):
+        for key in ("model", "state_dict"):
+            inner = payload.get(key)
+            if isinstance(inner, Mapping) and inner and _all_tensors(inner):
+                return dict(inner)
+        if payload and _all_tensors(payload):
+            return dict(payload)
+    raise CheckpointError(
+        f"{source} does not contain a state dict (a mapping of names to tensors, directly or "
+        f"under 'model' / 'state_dict')"
+    )
+
+
+def _all_tensors(mapping: Mapping[object, object]) -> bool:
+    return all(isinstance(k, str) and isinstance(v, Tensor) for k, v in mapping.items())
+
+
+def load_checkpoint(
+    model: nn.Module,
+    source: str | os.PathLike[str] | Mapping[str, Tensor],
+    *,
+    strict: bool = True,
+) -> LoadReport:
+    """Load weights into ``model`` (a :class:`~focus_detr.models.FocusDETR`).
+
+    Args:
+        source: local path, ``http(s)://`` or ``file://`` URL (cached), a ``.zip`` holding one
+            weights file, or a state dict / checkpoint dict; detrex or focus-detr key layout.
+        strict: refuse missing, unexpected or mis-shaped keys (the error lists them and names
+            the architecture the checkpoint looks like).
+
+    Returns:
+        A :class:`LoadReport`.
+    """
+    state = read_state_dict(source)
+    label = "<dict>" if isinstance(source, Mapping) else str(source)
+    layout = "detrex" if is_detrex_layout(state) else "focus-detr"
+    report = LoadReport(source=label, layout=layout)
+    if layout == "detrex":
+        num_decoder_layers = len(model.decoder.layers)  # type: ignore[union-attr,arg-type]
+        converted, conversion = detrex_to_native(state, num_decoder_layers)
+        report.aliases_checked = conversion.aliases_checked
+        if conversion.aliases_conflicting:
+            raise CheckpointError(
+                f"{label}: entries that detrex stores as one shared tensor differ: "
+                + "; ".join(conversion.aliases_conflicting[:10])
+            )
+        state = converted
+    expected = model.state_dict()
+    report.missing = sorted(set(expected) - set(state))
+    report.unexpected = sorted(set(state) - set(expected))
+    report.mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if strict and (report.missing or report.unexpected or report.mismatched):
+        raise CheckpointError(_mismatch_message(label, state, report, model))
+    usable = {
+        k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape
+    }
+    model.load_state_dict(usable, strict=False)
+    return report
+
+
+def _mismatch_message(label: str, state: dict[str, Tensor], report: LoadReport, model: nn.Module) -> str:
+    def listing(title: str, items: list[str]) -> str:
+        if not items:
+            return ""
+        shown = "\n    ".join(items[:20])
+        more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+        return f"\n  {title} ({len(items)}):\n    {shown}{more}"
+
+    return (
+        f"checkpoint {label} does not fit the model."
+        f"\n  checkpoint looks like: {describe_architecture(state)}"
+        f"\n  model is:              {describe_architecture(model.state_dict())}"
+        + listing("missing keys", report.missing)
+        + listing("unexpected keys", report.unexpected)
+        + listing("shape mismatches", report.mismatched)
+    )

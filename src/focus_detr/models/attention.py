@@ -1,0 +1,96 @@
+"""Standard multi-head attention, the feed-forward block and small MLP heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with packed input projections (``nn.MultiheadAttention`` layout).
+
+    Parameters are ``in_proj_weight [3D, D]``, ``in_proj_bias [3D]`` and ``out_proj``, so
+    checkpoints of ``nn.MultiheadAttention`` load unchanged; the product runs through
+    ``F.scaled_dot_product_attention``.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``[B, Q, D]``, ``[B, S, D]``, ``[B, S, D]`` -> ``[B, Q, D]``.
+
+        Args:
+            key_padding_mask: ``[B, S]`` bool, True = this key is ignored.
+            attn_mask: ``[Q, S]`` bool, True = query may not attend to this key.
+            Every query must keep at least one key.
+        """
+        batch, num_queries, dim = query.shape
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q = self._split_heads(F.linear(query, w_q, b_q))
+        k = self._split_heads(F.linear(key, w_k, b_k))
+        v = self._split_heads(F.linear(value, w_v, b_v))
+        allowed = None
+        if key_padding_mask is not None:
+            allowed = ~key_padding_mask[:, None, None, :]
+        if attn_mask is not None:
+            allowed_pairs = ~attn_mask[None, None]
+            allowed = allowed_pairs if allowed is None else allowed & allowed_pairs
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )
+        out = out.transpose(1, 2).reshape(batch, num_queries, dim)
+        return self.out_proj(out)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        batch, length, dim = x.shape
+        return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+
+
+class FeedForward(nn.Module):
+    """``x + linear2(dropout(relu(linear1(x))))`` (the residual is added by the caller)."""
+
+    def __init__(self, embed_dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(embed_dim, hidden_dim)
+        self.linear2 = nn.Linear(hidden_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (DETR's box head and query-position head)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index < len(self.layers) - 1:
+                x = F.relu(x)
+        return x

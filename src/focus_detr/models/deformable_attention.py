@@ -1,0 +1,141 @@
+"""Multi-scale deformable attention module (projections around the core op)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from focus_detr.ops.deformable_attention import multi_scale_deformable_attention
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """Deformable attention of Deformable DETR over ``num_levels`` flattened feature maps.
+
+    Reference points are given in each image's *valid* normalised coordinates: ``[B, Q, 2]``
+    points (x, y) or ``[B, Q, 4]`` boxes (cx, cy, w, h). Offsets of points are in pixels of the
+    sampled level; offsets of boxes are fractions of the half box size per point (DINO).
+    ``valid_ratios`` ``[B, L, 2]`` (valid width / padded width, valid height / padded height)
+    maps valid coordinates onto each padded level.
+
+    Args:
+        embed_dim: width of queries and values.
+        num_heads: attention heads.
+        num_levels: feature levels.
+        num_points: sampling points per head and level.
+        dropout: dropout on the output.
+        backend: core implementation, see :func:`multi_scale_deformable_attention`.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 4,
+        dropout: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.num_points = num_points
+        self.backend = backend
+        self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Deformable DETR's initialisation: points start on rings around the reference."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.num_heads, 1, 1, 2)
+        grid = grid.repeat(1, self.num_levels, self.num_points, 1)
+        for point in range(self.num_points):
+            grid[:, :, point, :] *= point + 1
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def project_value(self, value: Tensor, value_padding_mask: Tensor | None) -> Tensor:
+        """``[B, S, D]`` -> ``[B, S, heads, D/heads]`` projected values, zero on padding."""
+        projected = self.value_proj(value)
+        if value_padding_mask is not None:
+            projected = projected.masked_fill(value_padding_mask[..., None], 0.0)
+        batch, length, _ = projected.shape
+        return projected.view(batch, length, self.num_heads, -1)
+
+    def forward(
+        self,
+        query: Tensor,
+        reference: Tensor,
+        value: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        valid_ratios: Tensor | None = None,
+        value_padding_mask: Tensor | None = None,
+        projected_value: Tensor | None = None,
+    ) -> Tensor:
+        """Attend from ``query`` ``[B, Q, D]`` (position already added) into ``value``.
+
+        ``projected_value`` (from :meth:`project_value`) may be passed instead of projecting
+        ``value`` again. Returns ``[B, Q, D]`` without the residual.
+        """
+        batch, num_queries, _ = query.shape
+        if projected_value is None:
+            projected_value = self.project_value(value, value_padding_mask)
+        offsets = self.sampling_offsets(query).view(
+            batch, num_queries, self.num_heads, self.num_levels, self.num_points, 2
+        )
+        weights = self.attention_weights(query).view(
+            batch, num_queries, self.num_heads, self.num_levels * self.num_points
+        )
+        weights = weights.softmax(-1).view(
+            batch, num_queries, self.num_heads, self.num_levels, self.num_points
+        )
+        locations = self._sampling_locations(reference, offsets, spatial_shapes, valid_ratios)
+        output = multi_scale_deformable_attention(
+            projected_value, spatial_shapes, level_start_index, locations, weights, self.backend
+        )
+        return self.dropout(self.output_proj(output))
+
+    def _sampling_locations(
+        self,
+        reference: Tensor,
+        offsets: Tensor,
+        spatial_shapes: Tensor,
+        valid_ratios: Tensor | None,
+    ) -> Tensor:
+        """``[B, Q, heads, levels, points, 2]`` locations normalised to each padded level."""
+        centre = reference[:, :, None, None, None, :2]
+        if reference.shape[-1] == 2:
+            # offsets in pixels of each level, measured on the level's valid extent
+            if valid_ratios is None:
+                extent = spatial_shapes.flip(-1).to(offsets.dtype)[None, None, None, :, None]
+            else:
+                extent = (
+                    spatial_shapes.flip(-1).to(offsets.dtype)[None, None, :, :]
+                    * valid_ratios[:, None, :, :]
+                )[:, :, None, :, None, :]
+            locations = centre + offsets / extent
+        elif reference.shape[-1] == 4:
+            half_size = reference[:, :, None, None, None, 2:] * 0.5
+            locations = centre + offsets / self.num_points * half_size
+        else:
+            raise ValueError(f"reference must end in 2 or 4 values, got {reference.shape[-1]}")
+        if valid_ratios is not None:
+            locations = locations * valid_ratios[:, None, None, :, None, :]
+        return locations

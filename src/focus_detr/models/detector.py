@@ -1,0 +1,389 @@
+"""Focus-DETR: backbone -> neck -> foreground scoring -> Focus encoder -> queries -> decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from focus_detr.models.attention import MLP
+from focus_detr.models.decoder import Decoder, DecoderMemory
+from focus_detr.models.focus_encoder import EncoderInputs, FocusEncoder
+from focus_detr.models.foreground import ForegroundScorer
+from focus_detr.models.masking import padding_mask_from_sizes, valid_sizes_at_stride, zero_padding
+from focus_detr.models.position_encoding import sine_position_embedding
+from focus_detr.models.postprocess import postprocess
+from focus_detr.models.query_selection import (
+    TokenProjection,
+    TokenProposals,
+    select_queries,
+    token_proposals,
+)
+from focus_detr.ops.boxes import inverse_sigmoid
+from focus_detr.structures import (
+    DenoisingOutput,
+    DenoisingQueries,
+    EncoderTrace,
+    FocusDETROutput,
+    ImageBatch,
+    TokenLayout,
+)
+
+ImagesInput = ImageBatch | Sequence[Tensor] | Tensor
+
+
+@dataclass
+class _Tokens:
+    """Flattened multi-scale tokens and their geometry."""
+
+    features: Tensor  # [B, N, D]
+    positions: Tensor  # [B, N, D]
+    references: Tensor  # [B, N, 2]
+    layout: TokenLayout
+    valid_ratios: Tensor | None  # [B, L, 2] (w, h), None without padding
+    padding_mask: Tensor | None  # [B, N], None without padding
+    proposals: TokenProposals
+
+
+class FocusDETR(nn.Module):
+    """The Focus-DETR detector. Build it with :func:`focus_detr.build_model`.
+
+    Call ``model(images)`` with a list of ``[3, H, W]`` RGB tensors (``uint8`` 0-255 or float
+    in [0, 1], any sizes) or an :class:`~focus_detr.structures.ImageBatch`; it returns one dict
+    per image with ``boxes`` ``[K, 4]`` (xyxy pixels of that image), ``scores`` ``[K]`` and
+    ``labels`` ``[K]``. ``model(images, raw=True)`` returns a
+    :class:`~focus_detr.structures.FocusDETROutput` with every intermediate result.
+    In training, ``model(images, targets, raw=True)`` adds the denoising queries; ``targets``
+    are dicts with ``labels`` and ``boxes`` (cxcywh normalised to each image).
+
+    ``keep_ratio`` and ``cascade`` (see :class:`~focus_detr.config.ModelConfig`) are plain
+    attributes: change them with :meth:`set_keep_ratio` at any time.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        neck: nn.Module,
+        encoder: FocusEncoder,
+        decoder: Decoder,
+        num_classes: int,
+        embed_dim: int,
+        num_levels: int,
+        num_queries: int,
+        keep_ratio: float,
+        cascade: tuple[float, ...],
+        num_detections: int,
+        position_temperature: float,
+        position_offset: float,
+        num_denoising_queries: int,
+        label_noise_ratio: float,
+        box_noise_scale: float,
+        pixel_mean: tuple[float, float, float],
+        pixel_std: tuple[float, float, float],
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.level_embeddings = nn.Parameter(torch.empty(num_levels, embed_dim).normal_())
+        self.token_projection = TokenProjection(embed_dim)
+        self.foreground_scorer = ForegroundScorer(embed_dim, num_levels)
+        self.encoder = encoder
+        self.two_stage_class_head = nn.Linear(embed_dim, num_classes)
+        self.two_stage_box_head = MLP(embed_dim, embed_dim, 4, 3)
+        self.query_embeddings = nn.Embedding(num_queries, embed_dim)
+        self.decoder = decoder
+        num_decoder_layers = len(decoder.layers)
+        self.class_heads = nn.ModuleList(nn.Linear(embed_dim, num_classes) for _ in range(num_decoder_layers))
+        self.box_heads = nn.ModuleList(MLP(embed_dim, embed_dim, 4, 3) for _ in range(num_decoder_layers))
+        self.denoising_label_embedding = nn.Embedding(num_classes, embed_dim)
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.num_detections = num_detections
+        self.position_temperature = position_temperature
+        self.position_offset = position_offset
+        self.num_denoising_queries = num_denoising_queries
+        self.label_noise_ratio = label_noise_ratio
+        self.box_noise_scale = box_noise_scale
+        self.pixel_mean = pixel_mean
+        self.pixel_std = pixel_std
+        self.keep_ratio = keep_ratio
+        self.cascade = cascade
+        self._init_heads()
+
+    def _init_heads(self) -> None:
+        prior_bias = -math.log((1 - 0.01) / 0.01)
+        for head in [*self.class_heads, self.two_stage_class_head]:
+            nn.init.constant_(head.bias, prior_bias)
+        for box_head in [*self.box_heads, self.two_stage_box_head]:
+            nn.init.zeros_(box_head.layers[-1].weight)
+            nn.init.zeros_(box_head.layers[-1].bias)
+        nn.init.xavier_uniform_(self.query_embeddings.weight)
+
+    def set_keep_ratio(self, keep_ratio: float, cascade: Sequence[float] | None = None) -> None:
+        """Change the token budget (e.g. 1.0 and a cascade of ones for the dense baseline)."""
+        cascade = tuple(float(c) for c in (self.cascade if cascade is None else cascade))
+        if not 0.0 < keep_ratio <= 1.0:
+            raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        if len(cascade) != len(self.encoder.layers):
+            raise ValueError(f"cascade needs {len(self.encoder.layers)} entries, got {len(cascade)}")
+        if any(not 0.0 < c <= 1.0 for c in cascade) or any(
+            a < b for a, b in zip(cascade, cascade[1:])
+        ):
+            raise ValueError(f"cascade must be non-increasing values in (0, 1], got {cascade}")
+        self.keep_ratio = float(keep_ratio)
+        self.cascade = cascade
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.query_embeddings.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.query_embeddings.weight.device
+
+    def forward(
+        self,
+        images: ImagesInput,
+        targets: list[dict[str, Tensor]] | None = None,
+        *,
+        raw: bool = False,
+    ) -> list[dict[str, Tensor]] | FocusDETROutput:
+        """Detect objects; see the class docstring for inputs and outputs."""
+        batch = self._as_batch(images)
+        pixels, image_sizes = self._normalise(batch)
+        padded = bool((image_sizes != torch.tensor(pixels.shape[-2:], device=image_sizes.device)).any())
+        sizes_if_padded = image_sizes if padded else None
+        levels = self.neck(self.backbone(pixels, sizes_if_padded), sizes_if_padded)
+        tokens = self._flatten(levels, image_sizes, self.neck.strides)
+        foreground_logits = self._score_foreground(tokens)
+        memory, trace = self.encoder(
+            EncoderInputs(
+                features=tokens.features,
+                positions=tokens.positions,
+                references=tokens.references,
+                padding_mask=tokens.padding_mask,
+                spatial_shapes=tokens.layout.spatial_shapes,
+                level_start_index=tokens.layout.level_start_index,
+                valid_ratios=tokens.valid_ratios,
+            ),
+            foreground_logits,
+            self.two_stage_class_head,
+            self.keep_ratio,
+            self.cascade,
+        )
+        output = self._decode(memory, tokens, targets)
+        output = dataclasses.replace(
+            output, foreground_logits=foreground_logits, encoder=trace, image_sizes=image_sizes
+        )
+        if raw:
+            return output
+        return postprocess(
+            output.pred_logits, output.pred_boxes, image_sizes, self.num_detections, output.query_mask
+        )
+
+    def _as_batch(self, images: ImagesInput) -> ImageBatch:
+        if isinstance(images, ImageBatch):
+            return images.to(self.device)
+        if isinstance(images, Tensor):
+            if images.dim() == 3:
+                images = [images]
+            elif images.dim() == 4:
+                images = list(images.unbind(0))
+            else:
+                raise ValueError(f"images must be [3, H, W] or [B, 3, H, W], got {tuple(images.shape)}")
+        if not isinstance(images, Sequence) or len(images) == 0:
+            raise ValueError("images must be a non-empty list of [3, H, W] tensors or an ImageBatch")
+        for index, image in enumerate(images):
+            if not isinstance(image, Tensor):
+                raise ValueError(f"image {index} is a {type(image).__name__}, not a tensor")
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"image {index} must be [3, H, W] RGB, got shape {tuple(image.shape)}")
+            if image.dtype != torch.uint8 and not image.is_floating_point():
+                raise ValueError(f"image {index} must be uint8 or floating point, got {image.dtype}")
+        if all(image.dtype == torch.uint8 for image in images):
+            return ImageBatch.from_images([image.to(self.device) for image in images])
+        return ImageBatch.from_images(
+            [
+                image.to(self.device, self.dtype) / 255.0
+                if image.dtype == torch.uint8
+                else image.to(self.device, self.dtype)
+                for image in images
+            ]
+        )
+
+    def _normalise(self, batch: ImageBatch) -> tuple[Tensor, Tensor]:
+        """(pixels - mean) / std on the 0-255 scale, zero on padding."""
+        if batch.pixels.dtype == torch.uint8:
+            pixels = batch.pixels.to(self.dtype)
+        elif batch.pixels.is_floating_point():
+            pixels = batch.pixels.to(self.dtype) * 255.0
+        else:
+            raise ValueError(f"ImageBatch pixels must be uint8 or float, got {batch.pixels.dtype}")
+        mean = torch.tensor(self.pixel_mean, dtype=torch.float64).to(pixels).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_std, dtype=torch.float64).to(pixels).view(1, 3, 1, 1)
+        image_sizes = batch.image_sizes.to(pixels.device)
+        return zero_padding((pixels - mean) / std, image_sizes), image_sizes
+
+    def _flatten(self, levels: list[Tensor], image_sizes: Tensor, strides: tuple[int, ...]) -> _Tokens:
+        """Flatten the levels into tokens with positions, reference points and padding."""
+        device, dtype = levels[0].device, levels[0].dtype
+        shapes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
+        areas = spatial_shapes.prod(dim=1)
+        level_start_index = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1]))
+        valid_sizes = torch.stack([valid_sizes_at_stride(image_sizes, s) for s in strides], dim=1)
+        padded = bool((valid_sizes != spatial_shapes[None]).any())
+        features, positions, references, masks = [], [], [], []
+        for level, (feature, (height, width)) in enumerate(zip(levels, shapes)):
+            valid = valid_sizes[:, level]
+            features.append(feature.flatten(2).transpose(1, 2))
+            position = sine_position_embedding(
+                valid,
+                height,
+                width,
+                num_feats=feature.shape[1] // 2,
+                temperature=self.position_temperature,
+                offset=self.position_offset,
+                dtype=dtype,
+            )
+            positions.append(position.flatten(2).transpose(1, 2) + self.level_embeddings[level])
+            references.append(_cell_centres(valid, height, width, dtype))
+            masks.append(padding_mask_from_sizes(valid, height, width).flatten(1))
+        padding_mask = torch.cat(masks, dim=1)
+        layout = TokenLayout(spatial_shapes, level_start_index, valid_sizes, padding_mask, strides)
+        return _Tokens(
+            features=torch.cat(features, dim=1),
+            positions=torch.cat(positions, dim=1),
+            references=torch.cat(references, dim=1),
+            layout=layout,
+            valid_ratios=(valid_sizes.to(dtype) / spatial_shapes[None].to(dtype)).flip(-1)
+            if padded
+            else None,
+            padding_mask=padding_mask if padded else None,
+            proposals=token_proposals(spatial_shapes, valid_sizes, padding_mask if padded else None, dtype),
+        )
+
+    def _score_foreground(self, tokens: _Tokens) -> Tensor:
+        """Foreground logits ``[B, N]`` of the projected (feature + position) tokens."""
+        projected = self.token_projection(tokens.features + tokens.positions, tokens.proposals.valid)
+        layout = tokens.layout
+        return self.foreground_scorer(
+            projected,
+            layout.spatial_shapes,
+            layout.level_start_index,
+            layout.valid_sizes,
+            tokens.padding_mask,
+        )
+
+    def _decode(
+        self, memory: Tensor, tokens: _Tokens, targets: list[dict[str, Tensor]] | None
+    ) -> FocusDETROutput:
+        """Two-stage query selection, (denoising,) decoder and prediction heads."""
+        projected = self.token_projection(memory, tokens.proposals.valid)
+        selected = select_queries(
+            projected,
+            tokens.proposals,
+            tokens.padding_mask,
+            self.two_stage_class_head,
+            self.two_stage_box_head,
+            self.num_queries,
+        )
+        batch, count = selected.token_indices.shape
+        queries = self.query_embeddings.weight[:count][None].expand(batch, count, -1)
+        initial_references = selected.box_logits.detach().sigmoid()
+        references = initial_references
+        denoising = self._denoising_queries(targets, count)
+        attention_mask = None
+        num_dn = 0
+        if denoising is not None:
+            num_dn = denoising.num_queries
+            queries = torch.cat((denoising.label_embeddings, queries), dim=1)
+            references = torch.cat((denoising.box_logits.sigmoid(), references), dim=1)
+            attention_mask = denoising.attention_mask
+        query_padding = None
+        if not bool(selected.query_mask.all()):
+            query_padding = torch.cat(
+                (selected.query_mask.new_zeros(batch, num_dn), ~selected.query_mask), dim=1
+            )
+        memory_view = DecoderMemory(
+            memory,
+            tokens.layout.spatial_shapes,
+            tokens.layout.level_start_index,
+            tokens.valid_ratios,
+            tokens.padding_mask,
+        )
+        decoded = self.decoder(
+            queries, references, memory_view, self.box_heads, attention_mask, query_padding
+        )
+        # "look forward twice": layer l's boxes refine layer l-1's undetached boxes
+        layer_inputs = torch.cat((references[None], decoded.references[:-1]), dim=0)
+        logits = torch.stack([head(h) for head, h in zip(self.class_heads, decoded.hidden)])
+        boxes = torch.stack(
+            [
+                (head(h) + inverse_sigmoid(r)).sigmoid()
+                for head, h, r in zip(self.box_heads, decoded.hidden, layer_inputs)
+            ]
+        )
+        if self.training:
+            # keeps the label embedding in the graph when a batch has no targets (DDP)
+            logits = logits + 0.0 * self.denoising_label_embedding.weight[0, 0]
+        dn_output = None
+        if denoising is not None:
+            dn_output = DenoisingOutput(
+                logits=logits[:, :, :num_dn],
+                boxes=boxes[:, :, :num_dn],
+                num_groups=denoising.num_groups,
+                group_size=denoising.group_size,
+            )
+        return FocusDETROutput(
+            logits=logits[:, :, num_dn:],
+            boxes=boxes[:, :, num_dn:],
+            query_mask=selected.query_mask,
+            proposal_logits=selected.logits,
+            proposal_boxes=selected.box_logits.sigmoid(),
+            proposal_token_indices=selected.token_indices,
+            foreground_logits=memory.new_empty(0),  # filled in by forward
+            tokens=tokens.layout,
+            image_sizes=memory.new_empty(0, dtype=torch.long),  # filled in by forward
+            encoder=EncoderTrace(),  # filled in by forward
+            initial_references=initial_references,
+            decoder_references=decoded.references[:, :, num_dn:],
+            decoder_last_hidden=decoded.hidden[-1][:, num_dn:],
+            proposal_hidden=selected.hidden,
+            memory=memory,
+            denoising=dn_output,
+        )
+
+    def _denoising_queries(
+        self, targets: list[dict[str, Tensor]] | None, num_matching: int
+    ) -> DenoisingQueries | None:
+        if targets is None or not self.training or self.num_denoising_queries == 0:
+            return None
+        from focus_detr.models.denoising import build_denoising_queries
+
+        return build_denoising_queries(
+            targets,
+            num_denoising_queries=self.num_denoising_queries,
+            num_matching_queries=num_matching,
+            num_classes=self.num_classes,
+            label_embedding=self.denoising_label_embedding.weight,
+            label_noise_ratio=self.label_noise_ratio,
+            box_noise_scale=self.box_noise_scale,
+        )
+
+
+def _cell_centres(valid_sizes: Tensor, height: int, width: int, dtype: torch.dtype) -> Tensor:
+    """``[B, h*w, 2]`` (x, y) cell centres normalised by each image's valid extent."""
+    ys = torch.arange(height, dtype=dtype, device=valid_sizes.device) + 0.5
+    xs = torch.arange(width, dtype=dtype, device=valid_sizes.device) + 0.5
+    y = ys[None, :, None] / valid_sizes[:, 0, None, None].to(dtype)
+    x = xs[None, None, :] / valid_sizes[:, 1, None, None].to(dtype)
+    batch = valid_sizes.shape[0]
+    return torch.stack((x.expand(batch, height, width), y.expand(batch, height, width)), dim=-1).view(
+        batch, height * width, 2
+    )

@@ -1,0 +1,215 @@
+"""The Focus encoder (paper Sec. 3.2-3.3): update only the tokens that matter.
+
+Before the first layer the tokens of every image are ranked once by foreground score. Image
+``b`` keeps ``n_b = int(valid_tokens_b * keep_ratio) + 1`` tokens and layer ``l`` updates the
+top ``int(cascade[l] * n_b)`` of them (nested subsets). In each layer the updated tokens are
+re-scored by the shared two-stage class head (multi-category score = max class logit x
+foreground logit); the best ``num_dual_attention_tokens`` of them run self-attention ("dual
+attention"), then all of them run deformable attention into the encoder's input feature map and
+an FFN; the results are written back, every other token passes through unchanged.
+
+Batching: budgets are per image. A batch gathers the largest budget ``K_l`` for everybody;
+slots beyond an image's own budget are filler that influences nothing (excluded from the dual
+attention, never written back), so an image gets the same result in any batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from focus_detr.models.attention import FeedForward, MultiheadAttention
+from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
+from focus_detr.structures import EncoderTrace
+
+
+@dataclass
+class EncoderInputs:
+    """Everything the encoder layers need besides the tokens being updated.
+
+    Attributes:
+        features: ``[B, N, D]`` flattened neck features (the deformable attention's values).
+        positions: ``[B, N, D]`` position + level embeddings.
+        references: ``[B, N, 2]`` token centres in each image's valid normalised coordinates.
+        padding_mask: ``[B, N]`` True on padding, or None when nothing is padded.
+        spatial_shapes / level_start_index: token layout.
+        valid_ratios: ``[B, L, 2]`` valid fraction (w, h) of every level, or None.
+    """
+
+    features: Tensor
+    positions: Tensor
+    references: Tensor
+    padding_mask: Tensor | None
+    spatial_shapes: Tensor
+    level_start_index: Tensor
+    valid_ratios: Tensor | None
+
+
+class FocusEncoderLayer(nn.Module):
+    """Dual attention, deformable attention and FFN on a gathered subset of tokens."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_levels: int,
+        num_points: int,
+        feedforward_dim: int,
+        dropout: float,
+        num_dual_attention_tokens: int,
+    ) -> None:
+        super().__init__()
+        self.num_dual_attention_tokens = num_dual_attention_tokens
+        self.dual_attention = MultiheadAttention(embed_dim, num_heads, dropout)
+        self.dual_attention_norm = nn.LayerNorm(embed_dim)
+        self.deformable_attention = MultiScaleDeformableAttention(
+            embed_dim, num_heads, num_levels, num_points, dropout
+        )
+        self.deformable_norm = nn.LayerNorm(embed_dim)
+        self.ffn = FeedForward(embed_dim, feedforward_dim, dropout)
+        self.ffn_norm = nn.LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        references: Tensor,
+        category_scores: Tensor,
+        counts: Tensor,
+        inputs: EncoderInputs,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Update ``tokens`` ``[B, K, D]`` (first ``counts[b]`` real for image ``b``).
+
+        Returns the updated tokens, the dual-attention slot positions ``[B, T]`` (into K) and
+        the per-image number of real dual-attention tokens ``[B]``.
+        """
+        tokens, slots, dual_counts = self._dual_attention(tokens, positions, category_scores, counts)
+        value = self.deformable_attention.project_value(inputs.features, inputs.padding_mask)
+        attended = self.deformable_attention(
+            tokens + positions,
+            references,
+            inputs.features,
+            inputs.spatial_shapes,
+            inputs.level_start_index,
+            inputs.valid_ratios,
+            projected_value=value,
+        )
+        tokens = self.deformable_norm(tokens + attended)
+        tokens = self.ffn_norm(tokens + self.ffn(tokens))
+        return tokens, slots, dual_counts
+
+    def _dual_attention(
+        self, tokens: Tensor, positions: Tensor, category_scores: Tensor, counts: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        batch, num_slots, dim = tokens.shape
+        num_selected = min(self.num_dual_attention_tokens, num_slots)
+        slot_ids = torch.arange(num_slots, device=tokens.device)
+        active = slot_ids[None, :] < counts[:, None]
+        scores = category_scores.masked_fill(~active, float("-inf"))
+        slots = scores.topk(num_selected, dim=1).indices
+        dual_counts = counts.clamp(max=num_selected)
+        index = slots[..., None].expand(batch, num_selected, dim)
+        selected = tokens.gather(1, index)
+        selected_positions = positions.gather(1, index)
+        key_padding = None
+        if bool((dual_counts < num_selected).any()):
+            key_padding = torch.arange(num_selected, device=tokens.device)[None] >= dual_counts[:, None]
+        query = selected + selected_positions
+        attended = self.dual_attention(query, query, selected, key_padding_mask=key_padding)
+        selected = self.dual_attention_norm(selected + self.dropout(attended))
+        return tokens.scatter(1, index, selected), slots, dual_counts
+
+
+def token_budgets(valid_counts: Tensor, keep_ratio: float, cascade: tuple[float, ...]) -> Tensor:
+    """``[B, num_layers]`` tokens each layer updates per image.
+
+    ``n_b = min(int(valid_b * keep_ratio) + 1, valid_b)`` (detrex's count, capped for
+    ``keep_ratio = 1``) and layer ``l`` takes ``int(cascade[l] * n_b)``.
+    """
+    valid = valid_counts.to(torch.float64)
+    kept = torch.minimum((valid * keep_ratio).floor() + 1, valid)
+    ratios = torch.tensor(cascade, dtype=torch.float64, device=valid_counts.device)
+    return (ratios[None, :] * kept[:, None]).floor().long()
+
+
+class FocusEncoder(nn.Module):
+    """A stack of :class:`FocusEncoderLayer` with foreground-based token selection."""
+
+    def __init__(self, num_layers: int, **layer_kwargs: int | float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(FocusEncoderLayer(**layer_kwargs) for _ in range(num_layers))  # type: ignore[arg-type]
+
+    def forward(
+        self,
+        inputs: EncoderInputs,
+        foreground_logits: Tensor,
+        class_head: nn.Module,
+        keep_ratio: float,
+        cascade: tuple[float, ...],
+    ) -> tuple[Tensor, EncoderTrace]:
+        """Run the encoder; returns the memory ``[B, N, D]`` and what was selected."""
+        if len(cascade) != len(self.layers):
+            raise ValueError(f"cascade needs {len(self.layers)} entries, got {len(cascade)}")
+        features = inputs.features
+        batch, num_tokens, dim = features.shape
+        padding = inputs.padding_mask
+        valid_counts = (
+            torch.full((batch,), num_tokens, device=features.device)
+            if padding is None
+            else (~padding).sum(dim=1)
+        )
+        budgets = token_budgets(valid_counts, keep_ratio, cascade)
+        ranking_scores = foreground_logits.detach()
+        if padding is not None:
+            ranking_scores = ranking_scores.masked_fill(padding, float("-inf"))
+        most = int(budgets.max())
+        ranked = ranking_scores.topk(most, dim=1).indices if most > 0 else None
+        memory = features
+        trace = EncoderTrace(token_counts=budgets)
+        dual_counts_per_layer = []
+        for layer_index, layer in enumerate(self.layers):
+            counts = budgets[:, layer_index]
+            width = int(counts.max())
+            if ranked is None or width == 0:
+                dual_counts_per_layer.append(torch.zeros_like(counts))
+                continue
+            token_ids = ranked[:, :width]
+            memory, layer_trace = self._run_layer(
+                layer, memory, token_ids, counts, foreground_logits, class_head, inputs
+            )
+            trace.token_indices.append(token_ids)
+            trace.category_scores.append(layer_trace[0])
+            trace.dual_attention_indices.append(token_ids.gather(1, layer_trace[1]))
+            dual_counts_per_layer.append(layer_trace[2])
+        trace.dual_attention_counts = torch.stack(dual_counts_per_layer, dim=1)
+        return memory, trace
+
+    @staticmethod
+    def _run_layer(
+        layer: FocusEncoderLayer,
+        memory: Tensor,
+        token_ids: Tensor,
+        counts: Tensor,
+        foreground_logits: Tensor,
+        class_head: nn.Module,
+        inputs: EncoderInputs,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        batch, width = token_ids.shape
+        dim = memory.shape[-1]
+        index = token_ids[..., None].expand(batch, width, dim)
+        tokens = memory.gather(1, index)
+        positions = inputs.positions.gather(1, index)
+        references = inputs.references.gather(1, token_ids[..., None].expand(batch, width, 2))
+        foreground = foreground_logits.gather(1, token_ids)
+        category_scores = class_head(tokens).max(dim=-1).values * foreground
+        updated, slots, dual_counts = layer(
+            tokens, positions, references, category_scores, counts, inputs
+        )
+        active = torch.arange(width, device=memory.device)[None, :] < counts[:, None]
+        if not bool(active.all()):
+            # filler slots write their token's old value back: a no-op
+            updated = torch.where(active[..., None], updated, tokens)
+        return memory.scatter(1, index, updated), (category_scores, slots, dual_counts)

@@ -1,0 +1,119 @@
+"""Two-stage query selection (DINO): every token proposes a box; the best become queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from focus_detr.models.attention import MLP
+
+
+@dataclass
+class TokenProposals:
+    """Grid proposals of all tokens.
+
+    Attributes:
+        box_logits: ``[B, N, 4]`` inverse-sigmoid cxcywh proposal of every token (+inf where
+            invalid: padding or a coordinate outside (0.01, 0.99)).
+        valid: ``[B, N]`` bool, True where the proposal is valid.
+    """
+
+    box_logits: Tensor
+    valid: Tensor
+
+
+def token_proposals(
+    spatial_shapes: Tensor, valid_sizes: Tensor, padding_mask: Tensor | None, dtype: torch.dtype
+) -> TokenProposals:
+    """Cell centres with size ``0.05 * 2**level``, normalised to each image's valid area."""
+    device = valid_sizes.device
+    batch = valid_sizes.shape[0]
+    proposals = []
+    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+        ys = torch.arange(height, dtype=dtype, device=device)
+        xs = torch.arange(width, dtype=dtype, device=device)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack((grid_x, grid_y), dim=-1).view(1, -1, 2)  # [1, h*w, 2]
+        scale = valid_sizes[:, level].flip(-1).to(dtype).view(batch, 1, 2)
+        centres = (grid + 0.5) / scale
+        sizes = torch.full_like(centres, 0.05 * (2.0**level))
+        proposals.append(torch.cat((centres, sizes), dim=-1))
+    boxes = torch.cat(proposals, dim=1)
+    valid = ((boxes > 0.01) & (boxes < 0.99)).all(dim=-1)
+    if padding_mask is not None:
+        valid = valid & ~padding_mask
+    box_logits = torch.log(boxes / (1 - boxes))
+    box_logits = box_logits.masked_fill(~valid[..., None], float("inf"))
+    return TokenProposals(box_logits=box_logits, valid=valid)
+
+
+class TokenProjection(nn.Module):
+    """Linear + LayerNorm applied to tokens whose proposal is valid (others are zeroed first).
+
+    The same module serves the foreground scorer (on features + positions) and the two-stage
+    heads (on the encoder memory), as in the released models.
+    """
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(embed_dim, embed_dim)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, tokens: Tensor, valid: Tensor) -> Tensor:
+        return self.norm(self.linear(tokens.masked_fill(~valid[..., None], 0.0)))
+
+
+@dataclass
+class SelectedQueries:
+    """Queries chosen from the two-stage proposals.
+
+    Attributes:
+        token_indices: ``[B, Q]`` token id of each query (best first).
+        query_mask: ``[B, Q]`` True for real queries (an image with fewer valid tokens than
+            ``Q`` has filler queries at the end).
+        logits: ``[B, Q, C]`` class logits of the chosen proposals.
+        box_logits: ``[B, Q, 4]`` inverse-sigmoid boxes (head output + proposal).
+        hidden: ``[B, Q, D]`` projected memory at the chosen tokens.
+    """
+
+    token_indices: Tensor
+    query_mask: Tensor
+    logits: Tensor
+    box_logits: Tensor
+    hidden: Tensor
+
+
+def select_queries(
+    projected_memory: Tensor,
+    proposals: TokenProposals,
+    padding_mask: Tensor | None,
+    class_head: nn.Linear,
+    box_head: MLP,
+    num_queries: int,
+) -> SelectedQueries:
+    """Score every token with the two-stage heads and keep the top ``num_queries`` per image.
+
+    Ranking is by the largest class logit; padding tokens never rank (invalid-proposal tokens
+    of the image do, as in the released models).
+    """
+    batch, num_tokens, dim = projected_memory.shape
+    logits = class_head(projected_memory)
+    box_logits = box_head(projected_memory) + proposals.box_logits
+    ranking = logits.max(dim=-1).values.detach()
+    valid_counts = torch.full((batch,), num_tokens, device=logits.device)
+    if padding_mask is not None:
+        ranking = ranking.masked_fill(padding_mask, float("-inf"))
+        valid_counts = (~padding_mask).sum(dim=1)
+    count = min(num_queries, int(valid_counts.max()))
+    token_indices = ranking.topk(count, dim=1).indices
+    query_mask = torch.arange(count, device=logits.device)[None, :] < valid_counts[:, None]
+    num_classes = logits.shape[-1]
+    return SelectedQueries(
+        token_indices=token_indices,
+        query_mask=query_mask,
+        logits=logits.gather(1, token_indices[..., None].expand(batch, count, num_classes)),
+        box_logits=box_logits.gather(1, token_indices[..., None].expand(batch, count, 4)),
+        hidden=projected_memory.gather(1, token_indices[..., None].expand(batch, count, dim)),
+    )
