@@ -217,14 +217,14 @@ def load_checkpoint(
     )
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise CheckpointError(_mismatch_message(label, state, report, model))
-    usable = {
-        k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape
-    }
+    usable = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
     model.load_state_dict(usable, strict=False)
     return report
 
 
-def _mismatch_message(label: str, state: dict[str, Tensor], report: LoadReport, model: nn.Module) -> str:
+def _mismatch_message(
+    label: str, state: dict[str, Tensor], report: LoadReport, model: nn.Module
+) -> str:
     def listing(title: str, items: list[str]) -> str:
         if not items:
             return ""

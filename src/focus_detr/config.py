@@ -91,15 +91,22 @@ class ModelConfig:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
     def __post_init__(self) -> None:
-        _check(self.backbone in BACKBONES, f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        _check(
+            self.backbone in BACKBONES,
+            f"backbone must be one of {BACKBONES}, got {self.backbone!r}",
+        )
         _check(self.backbone_width > 0, "backbone_width must be positive")
         _check(self.backbone_norm in ("frozen_bn", "bn"), "backbone_norm must be frozen_bn or bn")
         _check(self.num_classes >= 1, "num_classes must be >= 1")
         _check(self.embed_dim % self.num_heads == 0, "embed_dim must be divisible by num_heads")
         _check(self.embed_dim % 32 == 0, "embed_dim must be a multiple of 32 (GroupNorm groups)")
-        _check(self.embed_dim % 4 == 0, "embed_dim must be divisible by 4 (4-d query sine embedding)")
+        _check(
+            self.embed_dim % 4 == 0, "embed_dim must be divisible by 4 (4-d query sine embedding)"
+        )
         _check(self.num_levels >= 2, "num_levels must be >= 2")
-        _check(self.num_encoder_layers >= 1 and self.num_decoder_layers >= 1, "need >= 1 layer each")
+        _check(
+            self.num_encoder_layers >= 1 and self.num_decoder_layers >= 1, "need >= 1 layer each"
+        )
         _check(
             len(self.cascade) == self.num_encoder_layers,
             f"cascade has {len(self.cascade)} entries but there are "
@@ -115,7 +122,9 @@ class ModelConfig:
         _check(self.num_detections >= 1, "num_detections must be >= 1")
         _check(self.num_dual_attention_tokens >= 1, "num_dual_attention_tokens must be >= 1")
         _check(self.num_denoising_queries >= 0, "num_denoising_queries must be >= 0")
-        _check(len(self.pixel_mean) == 3 and len(self.pixel_std) == 3, "pixel mean/std need 3 values")
+        _check(
+            len(self.pixel_mean) == 3 and len(self.pixel_std) == 3, "pixel mean/std need 3 values"
+        )
         _check(all(s > 0 for s in self.pixel_std), "pixel_std must be positive")
 
     @property
@@ -167,8 +176,12 @@ class TrainConfig:
         _check(self.total_batch_size >= 1, "total_batch_size must be >= 1")
         _check(self.grad_accumulation >= 1, "grad_accumulation must be >= 1")
         _check(self.amp in ("none", "bf16", "fp16"), "amp must be none, bf16 or fp16")
-        _check(all(0 < e <= self.epochs for e in self.lr_drop_epochs), "lr drops must lie in the run")
-        _check(self.test_min_size > 0 and self.test_max_size >= self.test_min_size, "bad test sizes")
+        _check(
+            all(0 < e <= self.epochs for e in self.lr_drop_epochs), "lr drops must lie in the run"
+        )
+        _check(
+            self.test_min_size > 0 and self.test_max_size >= self.test_min_size, "bad test sizes"
+        )
 
 
 @dataclass(frozen=True)

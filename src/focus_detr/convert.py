@@ -31,14 +31,23 @@ _RULES: tuple[tuple[str, str], ...] = (
     ("transformer.enc_mask_predictor.layer2.2.{r}", "foreground_scorer.scorer.hidden2.{r}"),
     ("transformer.enc_mask_predictor.layer2.4.{r}", "foreground_scorer.scorer.output.{r}"),
     ("transformer.encoder.enhance_MCSP.0.{r}", "two_stage_class_head.{r}"),
-    ("transformer.encoder.layers.{l}.attentions.0.attn.{r}", "encoder.layers.{l}.dual_attention.{r}"),
-    ("transformer.encoder.layers.{l}.attentions.1.{r}", "encoder.layers.{l}.deformable_attention.{r}"),
+    (
+        "transformer.encoder.layers.{l}.attentions.0.attn.{r}",
+        "encoder.layers.{l}.dual_attention.{r}",
+    ),
+    (
+        "transformer.encoder.layers.{l}.attentions.1.{r}",
+        "encoder.layers.{l}.deformable_attention.{r}",
+    ),
     ("transformer.encoder.layers.{l}.ffns.0.layers.0.0.{r}", "encoder.layers.{l}.ffn.linear1.{r}"),
     ("transformer.encoder.layers.{l}.ffns.0.layers.1.{r}", "encoder.layers.{l}.ffn.linear2.{r}"),
     ("transformer.encoder.layers.{l}.norms.0.{r}", "encoder.layers.{l}.deformable_norm.{r}"),
     ("transformer.encoder.layers.{l}.norms.1.{r}", "encoder.layers.{l}.ffn_norm.{r}"),
     ("transformer.encoder.layers.{l}.norm2.{r}", "encoder.layers.{l}.dual_attention_norm.{r}"),
-    ("transformer.decoder.layers.{l}.attentions.0.attn.{r}", "decoder.layers.{l}.self_attention.{r}"),
+    (
+        "transformer.decoder.layers.{l}.attentions.0.attn.{r}",
+        "decoder.layers.{l}.self_attention.{r}",
+    ),
     ("transformer.decoder.layers.{l}.attentions.1.{r}", "decoder.layers.{l}.cross_attention.{r}"),
     ("transformer.decoder.layers.{l}.ffns.0.layers.0.0.{r}", "decoder.layers.{l}.ffn.linear1.{r}"),
     ("transformer.decoder.layers.{l}.ffns.0.layers.1.{r}", "decoder.layers.{l}.ffn.linear2.{r}"),
@@ -89,6 +98,16 @@ def _alias_target(key: str, num_decoder_layers: int) -> str | None:
     return None
 
 
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.stride() == b.stride()
+        and a.device == b.device
+        and a.data_ptr() == b.data_ptr()
+    )
+
+
 def _native_key(detrex_key: str, num_decoder_layers: int) -> str | None:
     match = re.match(r"^transformer\.decoder\.bbox_embed\.(\d+)\.(.+)$", detrex_key)
     if match and int(match.group(1)) == num_decoder_layers:
@@ -123,6 +142,8 @@ def detrex_to_native(
             continue
         report.aliases_checked += 1
         reference = canonical[target]
+        if _same_storage(reference, value):
+            continue
         if reference.shape != value.shape or not torch.equal(reference, value.to(reference.dtype)):
             report.aliases_conflicting.append(f"{key} != {target}")
     converted: dict[str, Tensor] = {}
@@ -143,7 +164,8 @@ def native_to_detrex(
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if key.startswith("two_stage_box_head."):
-            out[f"transformer.decoder.bbox_embed.{num_decoder_layers}.{key[len('two_stage_box_head.') :]}"] = value
+            rest = key[len("two_stage_box_head.") :]
+            out[f"transformer.decoder.bbox_embed.{num_decoder_layers}.{rest}"] = value
             continue
         for pattern, template in _BACKWARD:
             found = pattern.match(key)
@@ -190,8 +212,14 @@ def describe_architecture(state_dict: dict[str, Tensor]) -> str:
         parts.append(name if width == 64 else f"{name} (width {width})")
     elif "backbone.patch_embed.proj.weight" in keys:
         dim = state_dict["backbone.patch_embed.proj.weight"].shape[0]
-        stage3 = {int(m.group(1)) for k in keys if (m := re.match(r"^backbone\.layers\.2\.blocks\.(\d+)\.", k))}
-        name = {96: "Swin-T" if len(stage3) == 6 else "Swin-S", 128: "Swin-B", 192: "Swin-L"}.get(dim, f"Swin (dim {dim})")
+        stage3 = {
+            int(m.group(1))
+            for k in keys
+            if (m := re.match(r"^backbone\.layers\.2\.blocks\.(\d+)\.", k))
+        }
+        name = {96: "Swin-T" if len(stage3) == 6 else "Swin-S", 128: "Swin-B", 192: "Swin-L"}.get(
+            dim, f"Swin (dim {dim})"
+        )
         table = state_dict.get("backbone.layers.0.blocks.0.attn.relative_position_bias_table")
         if table is not None:
             window = int((table.shape[0] ** 0.5 + 1) / 2)
@@ -199,7 +227,11 @@ def describe_architecture(state_dict: dict[str, Tensor]) -> str:
         parts.append(name)
     else:
         parts.append("no known backbone")
-    for head in ("transformer.encoder.enhance_MCSP.0.weight", "two_stage_class_head.weight", "class_embed.0.weight"):
+    for head in (
+        "transformer.encoder.enhance_MCSP.0.weight",
+        "two_stage_class_head.weight",
+        "class_embed.0.weight",
+    ):
         if head in state_dict:
             parts.append(f"{state_dict[head].shape[0]} classes")
             break

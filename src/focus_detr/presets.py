@@ -89,7 +89,9 @@ def _swin(arch: str, epochs: int, in22k: bool, url: str | None, ap: float) -> Pr
         weights_url=url,
         coco_ap=ap,
         backbone_weights=weights,
-        description=f"Focus-DETR Swin-{arch[0].upper()}-{size}, 4 scales, {epochs} epochs, {pretrain}",
+        description=(
+            f"Focus-DETR Swin-{arch[0].upper()}-{size}, 4 scales, {epochs} epochs, {pretrain}"
+        ),
     )
 
 

@@ -30,8 +30,9 @@ class ImageBatch:
         if self.pixels.dim() != 4 or self.pixels.shape[1] != 3:
             raise ValueError(f"pixels must be [B, 3, H, W], got {tuple(self.pixels.shape)}")
         if self.image_sizes.shape != (self.pixels.shape[0], 2):
+            expected = (self.pixels.shape[0], 2)
             raise ValueError(
-                f"image_sizes must be [{self.pixels.shape[0]}, 2], got {tuple(self.image_sizes.shape)}"
+                f"image_sizes must be {list(expected)}, got {tuple(self.image_sizes.shape)}"
             )
 
     @classmethod

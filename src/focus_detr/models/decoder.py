@@ -160,4 +160,3 @@ class Decoder(nn.Module):
         return DecoderOutput(
             hidden=torch.stack(hidden), references=torch.stack(refined), inputs=torch.stack(inputs)
         )
-

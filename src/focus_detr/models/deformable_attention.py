@@ -55,7 +55,9 @@ class MultiScaleDeformableAttention(nn.Module):
     def reset_parameters(self) -> None:
         """Deformable DETR's initialisation: points start on rings around the reference."""
         nn.init.zeros_(self.sampling_offsets.weight)
-        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (
+            2.0 * math.pi / self.num_heads
+        )
         grid = torch.stack([thetas.cos(), thetas.sin()], -1)
         grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.num_heads, 1, 1, 2)
         grid = grid.repeat(1, self.num_levels, self.num_points, 1)

@@ -6,12 +6,14 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
 
 from focus_detr.models.attention import MLP
 from focus_detr.models.decoder import Decoder, DecoderMemory
+from focus_detr.models.denoising import build_denoising_queries
 from focus_detr.models.focus_encoder import EncoderInputs, FocusEncoder
 from focus_detr.models.foreground import ForegroundScorer
 from focus_detr.models.masking import padding_mask_from_sizes, valid_sizes_at_stride, zero_padding
@@ -98,8 +100,12 @@ class FocusDETR(nn.Module):
         self.query_embeddings = nn.Embedding(num_queries, embed_dim)
         self.decoder = decoder
         num_decoder_layers = len(decoder.layers)
-        self.class_heads = nn.ModuleList(nn.Linear(embed_dim, num_classes) for _ in range(num_decoder_layers))
-        self.box_heads = nn.ModuleList(MLP(embed_dim, embed_dim, 4, 3) for _ in range(num_decoder_layers))
+        self.class_heads = nn.ModuleList(
+            nn.Linear(embed_dim, num_classes) for _ in range(num_decoder_layers)
+        )
+        self.box_heads = nn.ModuleList(
+            MLP(embed_dim, embed_dim, 4, 3) for _ in range(num_decoder_layers)
+        )
         self.denoising_label_embedding = nn.Embedding(num_classes, embed_dim)
         self.num_classes = num_classes
         self.num_queries = num_queries
@@ -130,10 +136,10 @@ class FocusDETR(nn.Module):
         if not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
         if len(cascade) != len(self.encoder.layers):
-            raise ValueError(f"cascade needs {len(self.encoder.layers)} entries, got {len(cascade)}")
-        if any(not 0.0 < c <= 1.0 for c in cascade) or any(
-            a < b for a, b in zip(cascade, cascade[1:])
-        ):
+            raise ValueError(
+                f"cascade needs {len(self.encoder.layers)} entries, got {len(cascade)}"
+            )
+        if any(not 0.0 < c <= 1.0 for c in cascade) or any(a < b for a, b in pairwise(cascade)):
             raise ValueError(f"cascade must be non-increasing values in (0, 1], got {cascade}")
         self.keep_ratio = float(keep_ratio)
         self.cascade = cascade
@@ -156,7 +162,9 @@ class FocusDETR(nn.Module):
         """Detect objects; see the class docstring for inputs and outputs."""
         batch = self._as_batch(images)
         pixels, image_sizes = self._normalise(batch)
-        padded = bool((image_sizes != torch.tensor(pixels.shape[-2:], device=image_sizes.device)).any())
+        padded = bool(
+            (image_sizes != torch.tensor(pixels.shape[-2:], device=image_sizes.device)).any()
+        )
         sizes_if_padded = image_sizes if padded else None
         levels = self.neck(self.backbone(pixels, sizes_if_padded), sizes_if_padded)
         tokens = self._flatten(levels, image_sizes, self.neck.strides)
@@ -183,7 +191,11 @@ class FocusDETR(nn.Module):
         if raw:
             return output
         return postprocess(
-            output.pred_logits, output.pred_boxes, image_sizes, self.num_detections, output.query_mask
+            output.pred_logits,
+            output.pred_boxes,
+            image_sizes,
+            self.num_detections,
+            output.query_mask,
         )
 
     def _as_batch(self, images: ImagesInput) -> ImageBatch:
@@ -195,16 +207,24 @@ class FocusDETR(nn.Module):
             elif images.dim() == 4:
                 images = list(images.unbind(0))
             else:
-                raise ValueError(f"images must be [3, H, W] or [B, 3, H, W], got {tuple(images.shape)}")
+                raise ValueError(
+                    f"images must be [3, H, W] or [B, 3, H, W], got {tuple(images.shape)}"
+                )
         if not isinstance(images, Sequence) or len(images) == 0:
-            raise ValueError("images must be a non-empty list of [3, H, W] tensors or an ImageBatch")
+            raise ValueError(
+                "images must be a non-empty list of [3, H, W] tensors or an ImageBatch"
+            )
         for index, image in enumerate(images):
             if not isinstance(image, Tensor):
                 raise ValueError(f"image {index} is a {type(image).__name__}, not a tensor")
             if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"image {index} must be [3, H, W] RGB, got shape {tuple(image.shape)}")
+                raise ValueError(
+                    f"image {index} must be [3, H, W] RGB, got shape {tuple(image.shape)}"
+                )
             if image.dtype != torch.uint8 and not image.is_floating_point():
-                raise ValueError(f"image {index} must be uint8 or floating point, got {image.dtype}")
+                raise ValueError(
+                    f"image {index} must be uint8 or floating point, got {image.dtype}"
+                )
         if all(image.dtype == torch.uint8 for image in images):
             return ImageBatch.from_images([image.to(self.device) for image in images])
         return ImageBatch.from_images(
@@ -229,7 +249,9 @@ class FocusDETR(nn.Module):
         image_sizes = batch.image_sizes.to(pixels.device)
         return zero_padding((pixels - mean) / std, image_sizes), image_sizes
 
-    def _flatten(self, levels: list[Tensor], image_sizes: Tensor, strides: tuple[int, ...]) -> _Tokens:
+    def _flatten(
+        self, levels: list[Tensor], image_sizes: Tensor, strides: tuple[int, ...]
+    ) -> _Tokens:
         """Flatten the levels into tokens with positions, reference points and padding."""
         device, dtype = levels[0].device, levels[0].dtype
         shapes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
@@ -265,12 +287,16 @@ class FocusDETR(nn.Module):
             if padded
             else None,
             padding_mask=padding_mask if padded else None,
-            proposals=token_proposals(spatial_shapes, valid_sizes, padding_mask if padded else None, dtype),
+            proposals=token_proposals(
+                spatial_shapes, valid_sizes, padding_mask if padded else None, dtype
+            ),
         )
 
     def _score_foreground(self, tokens: _Tokens) -> Tensor:
         """Foreground logits ``[B, N]`` of the projected (feature + position) tokens."""
-        projected = self.token_projection(tokens.features + tokens.positions, tokens.proposals.valid)
+        projected = self.token_projection(
+            tokens.features + tokens.positions, tokens.proposals.valid
+        )
         layout = tokens.layout
         return self.foreground_scorer(
             projected,
@@ -364,8 +390,6 @@ class FocusDETR(nn.Module):
     ) -> DenoisingQueries | None:
         if targets is None or not self.training or self.num_denoising_queries == 0:
             return None
-        from focus_detr.models.denoising import build_denoising_queries
-
         return build_denoising_queries(
             targets,
             num_denoising_queries=self.num_denoising_queries,
@@ -384,6 +408,6 @@ def _cell_centres(valid_sizes: Tensor, height: int, width: int, dtype: torch.dty
     y = ys[None, :, None] / valid_sizes[:, 0, None, None].to(dtype)
     x = xs[None, None, :] / valid_sizes[:, 1, None, None].to(dtype)
     batch = valid_sizes.shape[0]
-    return torch.stack((x.expand(batch, height, width), y.expand(batch, height, width)), dim=-1).view(
-        batch, height * width, 2
-    )
+    return torch.stack(
+        (x.expand(batch, height, width), y.expand(batch, height, width)), dim=-1
+    ).view(batch, height * width, 2)

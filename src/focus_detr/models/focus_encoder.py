@@ -86,7 +86,9 @@ class FocusEncoderLayer(nn.Module):
         Returns the updated tokens, the dual-attention slot positions ``[B, T]`` (into K) and
         the per-image number of real dual-attention tokens ``[B]``.
         """
-        tokens, slots, dual_counts = self._dual_attention(tokens, positions, category_scores, counts)
+        tokens, slots, dual_counts = self._dual_attention(
+            tokens, positions, category_scores, counts
+        )
         value = self.deformable_attention.project_value(inputs.features, inputs.padding_mask)
         attended = self.deformable_attention(
             tokens + positions,
@@ -116,7 +118,9 @@ class FocusEncoderLayer(nn.Module):
         selected_positions = positions.gather(1, index)
         key_padding = None
         if bool((dual_counts < num_selected).any()):
-            key_padding = torch.arange(num_selected, device=tokens.device)[None] >= dual_counts[:, None]
+            key_padding = (
+                torch.arange(num_selected, device=tokens.device)[None] >= dual_counts[:, None]
+            )
         query = selected + selected_positions
         attended = self.dual_attention(query, query, selected, key_padding_mask=key_padding)
         selected = self.dual_attention_norm(selected + self.dropout(attended))
@@ -154,7 +158,7 @@ class FocusEncoder(nn.Module):
         if len(cascade) != len(self.layers):
             raise ValueError(f"cascade needs {len(self.layers)} entries, got {len(cascade)}")
         features = inputs.features
-        batch, num_tokens, dim = features.shape
+        batch, num_tokens, _ = features.shape
         padding = inputs.padding_mask
         valid_counts = (
             torch.full((batch,), num_tokens, device=features.device)

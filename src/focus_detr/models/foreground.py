@@ -80,7 +80,9 @@ class ForegroundScorer(nn.Module):
             height, width = shapes[level]
             start = starts[level]
             level_tokens = tokens[:, start : start + height * width]
-            level_mask = None if padding_mask is None else ~padding_mask[:, start : start + height * width]
+            level_mask = (
+                None if padding_mask is None else ~padding_mask[:, start : start + height * width]
+            )
             if previous is not None:
                 up = upsample_valid_area(
                     previous, valid_sizes[:, level + 1], valid_sizes[:, level], (height, width)

@@ -78,4 +78,3 @@ class ChannelMapper(nn.Module):
             previous = projection(previous, optional_valid_sizes(image_sizes, stride))
             outputs.append(previous)
         return outputs
-

@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 
 
-def _frequencies(num_feats: int, temperature: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _frequencies(
+    num_feats: int, temperature: float, dtype: torch.dtype, device: torch.device
+) -> Tensor:
     dim_t = torch.arange(num_feats, dtype=dtype, device=device)
     return temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
 
@@ -56,9 +58,7 @@ def sine_position_embedding(
     return torch.cat((pos_y, pos_x), dim=-1).permute(0, 3, 1, 2)
 
 
-def box_sine_embedding(
-    boxes: Tensor, num_feats: int = 128, temperature: float = 10000.0
-) -> Tensor:
+def box_sine_embedding(boxes: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> Tensor:
     """Sine embedding of ``[..., 4]`` (cx, cy, w, h) boxes -> ``[..., 4*num_feats]``.
 
     Each coordinate is scaled by 2*pi and embedded like a position; the order of the four

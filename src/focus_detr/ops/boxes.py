@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# detrex's denominators (box_ops.py): keeps GIoU losses and matching identical to the original
+_EPS = 1e-6
+
 
 def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """``[..., 4]`` (cx, cy, w, h) -> ``[..., 4]`` (x1, y1, x2, y2)."""
@@ -37,21 +40,21 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     wh = (bottom_right - top_left).clamp(min=0)
     intersection = wh[..., 0] * wh[..., 1]
     union = area1[:, None] + area2[None, :] - intersection
-    return intersection / union.clamp(min=torch.finfo(union.dtype).tiny), union
+    return intersection / (union + _EPS), union
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise generalized IoU (Rezatofighi et al. 2019) of xyxy boxes -> ``[N, M]``.
 
-    Degenerate boxes are allowed (their IoU is 0); the enclosing area is clamped away from
-    zero so that two points at the same place do not divide by zero.
+    Degenerate boxes are allowed: like detrex, the union and the enclosing area get a 1e-6
+    added in the denominators (boxes are normalised to [0, 1], so this is tiny).
     """
     iou, union = box_iou(boxes1, boxes2)
     top_left = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
     bottom_right = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
     wh = (bottom_right - top_left).clamp(min=0)
-    enclosing = (wh[..., 0] * wh[..., 1]).clamp(min=torch.finfo(wh.dtype).tiny)
-    return iou - (enclosing - union) / enclosing
+    enclosing = wh[..., 0] * wh[..., 1]
+    return iou - (enclosing - union) / (enclosing + _EPS)
 
 
 def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -63,12 +66,12 @@ def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     wh = (bottom_right - top_left).clamp(min=0)
     intersection = wh[:, 0] * wh[:, 1]
     union = area1 + area2 - intersection
-    iou = intersection / union.clamp(min=torch.finfo(union.dtype).tiny)
+    iou = intersection / (union + _EPS)
     enc_top_left = torch.min(boxes1[:, :2], boxes2[:, :2])
     enc_bottom_right = torch.max(boxes1[:, 2:], boxes2[:, 2:])
     enc_wh = (enc_bottom_right - enc_top_left).clamp(min=0)
-    enclosing = (enc_wh[:, 0] * enc_wh[:, 1]).clamp(min=torch.finfo(enc_wh.dtype).tiny)
-    return iou - (enclosing - union) / enclosing
+    enclosing = enc_wh[:, 0] * enc_wh[:, 1]
+    return iou - (enclosing - union) / (enclosing + _EPS)
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:

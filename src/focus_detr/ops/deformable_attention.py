@@ -55,7 +55,9 @@ def multi_scale_deformable_attention(
     gather path.
     """
     if backend not in _BACKENDS:
-        raise ValueError(f"unknown deformable attention backend {backend!r}; use one of {_BACKENDS}")
+        raise ValueError(
+            f"unknown deformable attention backend {backend!r}; use one of {_BACKENDS}"
+        )
     if backend == "auto":
         backend = "triton" if value.is_cuda and _triton_available() else "gather"
     if backend == "triton":
@@ -94,7 +96,7 @@ def bilinear_corner_indices_and_weights(
     rows index ``value.reshape(batch * num_values * num_heads, head_dim)``; a corner outside
     its level's map gets weight 0 (zero padding) and a harmless in-range index.
     """
-    batch, num_queries, num_heads, num_levels, num_points, _ = sampling_locations.shape
+    batch, num_queries, num_heads, num_levels, _, _ = sampling_locations.shape
     dtype = sampling_locations.dtype
     heights = spatial_shapes[:, 0].to(dtype).view(1, 1, 1, num_levels, 1)
     widths = spatial_shapes[:, 1].to(dtype).view(1, 1, 1, num_levels, 1)
@@ -138,6 +140,8 @@ def deformable_attention_gather(
     """Deformable attention as one weighted gather (``F.embedding_bag``); differentiable."""
     batch, num_values, num_heads, head_dim = value.shape
     num_queries = sampling_locations.shape[1]
+    if batch * num_queries == 0:
+        return value.new_zeros(batch, num_queries, num_heads * head_dim)
     rows, weights = bilinear_corner_indices_and_weights(
         spatial_shapes, level_start_index, sampling_locations, attention_weights, num_values
     )

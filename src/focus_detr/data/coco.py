@@ -1,0 +1,286 @@
+"""COCO-format detection dataset: images on disk plus one ``instances_*.json`` file.
+
+Category ids are mapped to contiguous labels ``0..K-1`` in increasing id order (or in the order
+given by ``category_ids``), crowd annotations are left out of the targets, and boxes are
+converted from COCO ``xywh`` to ``xyxy`` pixels, clipped to the image, degenerate ones dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from focus_detr.data.transforms import EMPTY_BOX_THRESHOLD, clip_and_remove_empty_boxes
+from focus_detr.io import read_image
+
+Target = dict[str, Any]
+DetectionTransform = Callable[[Any, Target], tuple[Any, Target]]
+
+
+@dataclass(frozen=True)
+class _AnnotationTable:
+    """Every image of the annotation file with its usable (non-crowd, clipped) objects.
+
+    Flat NumPy arrays rather than per-image Python objects, so that loader workers sharing
+    the dataset do not copy it page by page as reference counts change.
+
+    Attributes:
+        image_ids: ``[N]`` int64 COCO image ids, increasing.
+        file_names: ``[N]`` str, paths relative to the image directory.
+        sizes: ``[N, 2]`` int64 (height, width) stated by the annotation file.
+        offsets: ``[N + 1]`` int64; image ``i`` owns rows ``offsets[i]:offsets[i + 1]`` below.
+        boxes_xyxy: ``[M, 4]`` float32 absolute pixels, clipped to the image.
+        labels: ``[M]`` int64 contiguous labels.
+    """
+
+    image_ids: np.ndarray
+    file_names: np.ndarray
+    sizes: np.ndarray
+    offsets: np.ndarray
+    boxes_xyxy: np.ndarray
+    labels: np.ndarray
+
+    def objects(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``[n, 4]`` boxes and ``[n]`` labels of image ``index`` (copies)."""
+        rows = slice(int(self.offsets[index]), int(self.offsets[index + 1]))
+        return self.boxes_xyxy[rows].copy(), self.labels[rows].copy()
+
+    def non_empty(self) -> _AnnotationTable:
+        """The images that have at least one object."""
+        counts = np.diff(self.offsets)
+        keep = counts > 0
+        return _AnnotationTable(
+            image_ids=self.image_ids[keep],
+            file_names=self.file_names[keep],
+            sizes=self.sizes[keep],
+            offsets=np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64),
+            boxes_xyxy=self.boxes_xyxy,  # every object belongs to a kept image
+            labels=self.labels,
+        )
+
+
+class CocoDetection(Dataset):
+    """Detection dataset in COCO format.
+
+    Each item is ``(image, target)``: ``image`` uint8 ``[3, H, W]`` RGB after ``transforms``;
+    ``target`` holds ``boxes`` (float32 ``[n, 4]`` xyxy pixels of the transformed image),
+    ``labels`` (int64 ``[n]`` in ``0..K-1``), ``image_id`` (int), ``orig_size`` ((h, w) of the
+    file) and ``size`` ((h, w) after transforms).
+
+    Args:
+        image_dir: folder the annotation file's ``file_name`` entries are relative to.
+        annotation_file: COCO ``instances`` JSON file.
+        transforms: callable ``(image, target) -> (image, target)`` receiving a
+            ``tv_tensors.Image`` and ``target["boxes"]`` as ``tv_tensors.BoundingBoxes`` (see
+            :mod:`focus_detr.data.transforms`); boxes are clipped and emptied ones removed after.
+        filter_empty: drop images with no usable annotation (training).
+        category_ids: COCO ids defining the labels (label ``i`` is ``category_ids[i]``), e.g. to
+            keep a pretrained model's label order; annotations of other categories are dropped.
+            By default every category of the file, in increasing id order.
+
+    Attributes:
+        category_ids: ``list[int]``, label -> COCO category id.
+        category_names: ``list[str]``, label -> category name.
+        category_id_to_label: ``dict[int, int]``, COCO category id -> label.
+        image_ids: COCO image id of each item.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | os.PathLike[str],
+        annotation_file: str | os.PathLike[str],
+        transforms: DetectionTransform | None = None,
+        *,
+        filter_empty: bool = False,
+        category_ids: Sequence[int] | None = None,
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.annotation_file = Path(annotation_file)
+        self.transforms = transforms
+        data = load_coco_json(self.annotation_file)
+        self.category_ids, self.category_names = _category_table(
+            data.get("categories", []), category_ids
+        )
+        self.category_id_to_label = {cid: label for label, cid in enumerate(self.category_ids)}
+        table, counts = _build_table(data, self.category_id_to_label, self.annotation_file)
+        _warn_about_boxes(counts, self.annotation_file)
+        self._table = table.non_empty() if filter_empty else table
+        self.image_ids: list[int] = self._table.image_ids.tolist()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def __len__(self) -> int:
+        return len(self._table.image_ids)
+
+    def image_path(self, index: int) -> Path:
+        """File of item ``index``."""
+        return self.image_dir / str(self._table.file_names[index])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        image_id = int(self._table.image_ids[index])
+        path = self.image_path(index)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {image_id} not found: {path}")
+        image = read_image(path)
+        orig_size = (int(image.shape[-2]), int(image.shape[-1]))
+        stated_size = tuple(self._table.sizes[index].tolist())
+        if orig_size != stated_size:
+            raise ValueError(
+                f"{path} is {orig_size[0]}x{orig_size[1]} (h x w) but {self.annotation_file} "
+                f"says {stated_size[0]}x{stated_size[1]}"
+            )
+        boxes, labels = self._table.objects(index)
+        target: Target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(boxes),
+                format=tv_tensors.BoundingBoxFormat.XYXY,
+                canvas_size=orig_size,
+            ),
+            "labels": torch.from_numpy(labels),
+            "image_id": image_id,
+            "orig_size": orig_size,
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(tv_tensors.Image(image), target)
+        image = image.as_subclass(Tensor) if isinstance(image, Tensor) else image
+        if not isinstance(image, Tensor) or image.dim() != 3:
+            raise TypeError("transforms must return the image as a [3, H, W] tensor")
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        target = clip_and_remove_empty_boxes(target, size)
+        target["boxes"] = target["boxes"].as_subclass(Tensor).to(torch.float32)
+        target["labels"] = target["labels"].to(torch.int64)
+        target["size"] = size
+        return image, target
+
+
+def load_coco_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a COCO annotation file, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        with path.open("r", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path} is not a COCO annotation file (no 'images' list)")
+    return data
+
+
+def _category_table(
+    categories: list[dict[str, Any]], category_ids: Sequence[int] | None
+) -> tuple[list[int], list[str]]:
+    """Label -> COCO id and label -> name, in increasing id order unless ``category_ids``."""
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
+    if category_ids is None:
+        ids = sorted(names)
+    else:
+        ids = [int(c) for c in category_ids]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"category_ids has duplicates: {list(category_ids)}")
+    return ids, [names.get(cid, f"category_{cid}") for cid in ids]
+
+
+def _build_table(
+    data: dict[str, Any], category_id_to_label: dict[int, int], source: Path
+) -> tuple[_AnnotationTable, Counter[str]]:
+    """Every image (sorted by id) with its objects, and counts of clipped / dropped boxes."""
+    images: dict[int, dict[str, Any]] = {}
+    for info in data["images"]:
+        missing = {"id", "file_name", "height", "width"} - set(info)
+        if missing:
+            raise ValueError(f"{source}: image entry {info.get('id')} lacks {sorted(missing)}")
+        if int(info["id"]) in images:
+            raise ValueError(f"{source}: duplicate image id {info['id']}")
+        images[int(info["id"])] = info
+    per_image: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in images}
+    counts: Counter[str] = Counter()
+    for annotation in data.get("annotations") or []:
+        image_id = int(annotation.get("image_id", -1))
+        if image_id not in per_image:
+            counts["dropped (image id not among the images)"] += 1
+        elif not annotation.get("iscrowd", 0):
+            per_image[image_id].append(annotation)
+    image_ids = sorted(images)
+    sizes = np.array(
+        [(int(images[i]["height"]), int(images[i]["width"])) for i in image_ids], dtype=np.int64
+    ).reshape(-1, 2)
+    boxes, labels = [], []
+    for image_id, (height, width) in zip(image_ids, sizes.tolist()):
+        image_boxes, image_labels = _image_boxes(
+            per_image[image_id], height, width, category_id_to_label, counts, source
+        )
+        boxes.append(image_boxes)
+        labels.append(image_labels)
+    table = _AnnotationTable(
+        image_ids=np.array(image_ids, dtype=np.int64),
+        file_names=np.array([str(images[i]["file_name"]) for i in image_ids], dtype=np.str_),
+        sizes=sizes,
+        offsets=np.concatenate([[0], np.cumsum([len(x) for x in labels])]).astype(np.int64),
+        boxes_xyxy=np.concatenate([np.zeros((0, 4), np.float32), *boxes]),
+        labels=np.concatenate([np.zeros(0, np.int64), *labels]),
+    )
+    return table, counts
+
+
+def _image_boxes(
+    annotations: list[dict[str, Any]],
+    height: int,
+    width: int,
+    category_id_to_label: dict[int, int],
+    counts: Counter[str],
+    source: Path,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[n, 4]`` float32 xyxy boxes clipped to ``height x width`` and ``[n]`` int64 labels."""
+    boxes, labels = [], []
+    for annotation in annotations:
+        if "bbox" not in annotation or "category_id" not in annotation:
+            raise ValueError(f"{source}: annotation {annotation.get('id')} lacks bbox/category_id")
+        label = category_id_to_label.get(int(annotation["category_id"]))
+        if label is None:
+            counts["dropped (category not among the labels)"] += 1
+            continue
+        bbox = annotation["bbox"]
+        if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
+            raise ValueError(f"{source}: annotation {annotation.get('id')} has bad bbox {bbox}")
+        x0, y0, box_width, box_height = (float(v) for v in bbox)
+        corners = (x0, y0, x0 + box_width, y0 + box_height)
+        clipped = tuple(
+            min(max(value, 0.0), limit) for value, limit in zip(corners, (width, height) * 2)
+        )
+        if min(clipped[2] - clipped[0], clipped[3] - clipped[1]) <= EMPTY_BOX_THRESHOLD:
+            counts["dropped (empty or outside the image)"] += 1
+            continue
+        if clipped != corners:
+            counts["clipped to the image"] += 1
+        boxes.append(clipped)
+        labels.append(label)
+    boxes_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    return boxes_array, np.asarray(labels, dtype=np.int64)
+
+
+def _warn_about_boxes(counts: Counter[str], source: Path) -> None:
+    """One warning summarising every clipped or dropped annotation of the file."""
+    if not counts:
+        return
+    parts = [f"{counts[key]} {key}" for key in sorted(counts)]
+    warnings.warn(
+        f"{source}: boxes of non-crowd annotations: {', '.join(parts)}",
+        stacklevel=3,
+    )
