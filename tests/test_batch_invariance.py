@@ -52,7 +52,7 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def _alone_token_ids_in_batch(batched, alone) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _alone_token_ids_in_batch(batched, alone) -> torch.Tensor:
     ids = []
     for level, (height, width) in enumerate(alone.tokens.spatial_shapes.tolist()):
         padded_width = int(batched.tokens.spatial_shapes[level, 1])
@@ -62,7 +62,7 @@ def _alone_token_ids_in_batch(batched, alone) -> torch.Tensor:  # type: ignore[n
     return torch.cat(ids)
 
 
-def _to_alone_ids(batched, alone, batch_ids: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _to_alone_ids(batched, alone, batch_ids: torch.Tensor) -> torch.Tensor:
     lookup = torch.full((batched.tokens.num_tokens,), -1, dtype=torch.long)
     lookup[_alone_token_ids_in_batch(batched, alone)] = torch.arange(alone.tokens.num_tokens)
     return lookup[batch_ids]
@@ -104,7 +104,7 @@ def test_detections_of_a_batch_equal_single_image_detections() -> None:
 
 
 @pytest.mark.parametrize("size", [(160, 224), (1, 1), (8, 9), (64, 2)])
-def test_small_images_give_detections(size: tuple[int, int], r50_float64) -> None:  # type: ignore[no-untyped-def]
+def test_small_images_give_detections(size: tuple[int, int], r50_float64) -> None:
     image = torch.randint(
         0, 256, (3, *size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
     )

@@ -21,7 +21,7 @@ def _image(h: int = 70, w: int = 90, seed: int = 0) -> torch.Tensor:
     )
 
 
-def test_detections_contract(model) -> None:  # type: ignore[no-untyped-def]
+def test_detections_contract(model) -> None:
     images = [_image(70, 90), _image(40, 120, seed=1)]
     with torch.no_grad():
         detections = model(images)
@@ -39,7 +39,7 @@ def test_detections_contract(model) -> None:  # type: ignore[no-untyped-def]
         assert bool((result["scores"][:-1] >= result["scores"][1:]).all())
 
 
-def test_uint8_float_and_batch_inputs_agree(model) -> None:  # type: ignore[no-untyped-def]
+def test_uint8_float_and_batch_inputs_agree(model) -> None:
     image = _image()
     with torch.no_grad():
         from_uint8 = model([image])[0]
@@ -51,7 +51,7 @@ def test_uint8_float_and_batch_inputs_agree(model) -> None:  # type: ignore[no-u
         torch.testing.assert_close(other["boxes"], from_uint8["boxes"], atol=1e-3, rtol=1e-4)
 
 
-def test_raw_output_shapes(model) -> None:  # type: ignore[no-untyped-def]
+def test_raw_output_shapes(model) -> None:
     with torch.no_grad():
         out = model([_image(64, 64), _image(32, 48, seed=2)], raw=True)
     layers, batch, queries, classes = out.logits.shape
@@ -71,7 +71,7 @@ def test_raw_output_shapes(model) -> None:  # type: ignore[no-untyped-def]
     assert out.denoising is None
 
 
-def test_unselected_tokens_pass_through_unchanged(model) -> None:  # type: ignore[no-untyped-def]
+def test_unselected_tokens_pass_through_unchanged(model) -> None:
     with torch.no_grad():
         out = model([_image(64, 64)], raw=True)
     kept = torch.zeros(out.tokens.num_tokens, dtype=torch.bool)
@@ -83,12 +83,12 @@ def test_unselected_tokens_pass_through_unchanged(model) -> None:  # type: ignor
     assert not torch.equal(out.memory[0][kept], flat[kept])
 
 
-def _normalised(model, image):  # type: ignore[no-untyped-def]
+def _normalised(model, image):
     pixels, _ = model._normalise(ImageBatch.from_images([image]))
     return pixels, None
 
 
-def test_keep_ratio_can_change_at_inference(model) -> None:  # type: ignore[no-untyped-def]
+def test_keep_ratio_can_change_at_inference(model) -> None:
     image = _image(64, 64)
     try:
         model.set_keep_ratio(1.0, (1.0, 1.0))
@@ -117,7 +117,7 @@ def test_keep_ratio_can_change_at_inference(model) -> None:  # type: ignore[no-u
         (torch.zeros(2, 2), r"\[3, H, W\]"),
     ],
 )
-def test_bad_input_raises_clear_errors(model, bad, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_raises_clear_errors(model, bad, message) -> None:
     with pytest.raises(ValueError, match=message):
         model(bad)
 

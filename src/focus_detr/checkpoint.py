@@ -85,8 +85,22 @@ def _copy_with_progress(source, destination, total: int | None, label: str | Non
             bar.update(len(chunk))
 
 
-def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The model state dict in ``source``: a path, URL, ``.zip`` or an in-memory mapping.
+@dataclass
+class Checkpoint:
+    """A model state dict and what else its file says about the model.
+
+    Attributes:
+        state_dict: parameter and buffer tensors by name.
+        metadata: our checkpoints' ``config`` (model/train settings as dicts) and
+            ``categories`` (``[{"id", "name"}]``); empty for detrex releases.
+    """
+
+    state_dict: dict[str, Tensor]
+    metadata: dict[str, object]
+
+
+def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Tensor]) -> Checkpoint:
+    """Read ``source``: a path, URL (cached), ``.zip`` release or an in-memory mapping.
 
     Accepts a bare state dict or a checkpoint dict with a ``"model"`` (detrex, ours) or
     ``"state_dict"`` entry; strips a ``module.`` prefix left by DistributedDataParallel.
@@ -94,12 +108,19 @@ def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Tensor]) -> di
     if isinstance(source, Mapping):
         payload: object = dict(source)
     else:
-        path = _local_path(str(source))
-        payload = _load_file(path)
+        payload = _load_file(_local_path(str(source)))
     state = _unwrap(payload, str(source) if not isinstance(source, Mapping) else "<dict>")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    metadata: dict[str, object] = {}
+    if isinstance(payload, Mapping):
+        metadata = {k: payload[k] for k in ("config", "categories", "format") if k in payload}
+    return Checkpoint(state_dict=state, metadata=metadata)
+
+
+def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The model state dict in ``source`` (see :func:`read_checkpoint`)."""
+    return read_checkpoint(source).state_dict
 
 
 def _local_path(source: str) -> Path:
@@ -178,7 +199,7 @@ def _all_tensors(mapping: Mapping[object, object]) -> bool:
 
 def load_checkpoint(
     model: nn.Module,
-    source: str | os.PathLike[str] | Mapping[str, Tensor],
+    source: str | os.PathLike[str] | Mapping[str, Tensor] | Checkpoint,
     *,
     strict: bool = True,
 ) -> LoadReport:
@@ -193,8 +214,8 @@ def load_checkpoint(
     Returns:
         A :class:`LoadReport`.
     """
-    state = read_state_dict(source)
-    label = "<dict>" if isinstance(source, Mapping) else str(source)
+    state = source.state_dict if isinstance(source, Checkpoint) else read_state_dict(source)
+    label = "<dict>" if isinstance(source, Mapping | Checkpoint) else str(source)
     layout = "detrex" if is_detrex_layout(state) else "focus-detr"
     report = LoadReport(source=label, layout=layout)
     if layout == "detrex":

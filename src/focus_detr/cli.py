@@ -1,0 +1,145 @@
+"""The ``focus-detr`` command line: ``presets``, ``predict``, ``parity`` (and more)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_presets(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("presets", help="list the named models (model zoo rows)")
+    parser.set_defaults(run=_run_presets)
+
+
+def _run_presets(args: argparse.Namespace) -> int:
+    from focus_detr.presets import get_preset, preset_names
+
+    for name in preset_names():
+        preset = get_preset(name)
+        ap = f"{preset.coco_ap:.1f}" if preset.coco_ap is not None else "-"
+        url = preset.weights_url or "(no released weights)"
+        print(f"{name:45s} AP {ap:>5s}  {preset.description}\n{'':45s} {url}")
+    return 0
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "predict",
+        help="detect objects in images; writes predictions.json and annotated copies",
+        description="Detect objects in image files or folders (searched recursively).",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders")
+    parser.add_argument("--weights", required=True, help="checkpoint: path, .zip or URL")
+    parser.add_argument("--preset", help="model preset (required for detrex releases)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--threshold", type=float, default=0.3, help="minimum score (0.3)")
+    parser.add_argument("--device", default=_default_device(), help="cpu or cuda")
+    parser.add_argument("--keep-ratio", type=float, help="encoder keep ratio (default: model's)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--min-size", type=int, default=800, help="short side after resizing")
+    parser.add_argument("--max-size", type=int, default=1333, help="long side limit")
+    parser.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from focus_detr.inference import Predictor, load_model
+    from focus_detr.predict import predict_files
+
+    model, categories = load_model(
+        args.weights, preset=args.preset, device=args.device, keep_ratio=args.keep_ratio
+    )
+    predictor = Predictor(
+        model, min_size=args.min_size, max_size=args.max_size, batch_size=args.batch_size
+    )
+    run = predict_files(predictor, categories, args.inputs, args.out, threshold=args.threshold)
+    print(
+        f"{run.num_images} images, {run.num_detections} detections >= {args.threshold} -> "
+        f"{run.results_path}"
+    )
+    if run.failed:
+        print(f"{len(run.failed)} files could not be read:", file=sys.stderr)
+        for path, reason in run.failed.items():
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_parity(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "parity",
+        help="compare with a reference fixture computed by the official code",
+        description=(
+            "Build the fixture's architecture in float64 with weights synthesised from a "
+            "state-dict manifest, run it on the fixture's image and compare every array."
+        ),
+    )
+    parser.add_argument("fixture", help=".npz written by the reference script")
+    parser.add_argument("--manifest", required=True, help="keys/<config>.json(.gz)")
+    parser.add_argument("--preset", help="preset to build (default: from the fixture's config)")
+    parser.set_defaults(run=_run_parity)
+
+
+def _run_parity(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import focus_detr
+    from focus_detr.parity import (
+        CONFIG_PRESETS,
+        compare_with_reference,
+        read_manifest,
+        synthesize_state_dict,
+    )
+
+    reference = dict(np.load(args.fixture))
+    preset = args.preset or CONFIG_PRESETS.get(str(reference.get("config", "")))
+    if preset is None:
+        print("error: cannot tell the preset from the fixture; pass --preset", file=sys.stderr)
+        return 2
+    model = focus_detr.build_model(preset, dtype=torch.float64).eval()
+    focus_detr.load_checkpoint(model, synthesize_state_dict(read_manifest(args.manifest)))
+    report = compare_with_reference(model, reference)
+    print(report.format())
+    print("PASSED" if report.passed else f"FAILED: {len(report.failures())} arrays differ")
+    return 0 if report.passed else 1
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_presets,
+    _add_predict,
+    _add_parity,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="focus-detr", description="Focus-DETR object detection in plain PyTorch."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``focus-detr`` console script."""
+    args = build_parser().parse_args(argv)
+    from focus_detr.checkpoint import CheckpointError
+    from focus_detr.config import ConfigError
+
+    try:
+        return int(args.run(args))
+    except (CheckpointError, ConfigError, FileNotFoundError, ValueError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
