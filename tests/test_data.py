@@ -360,3 +360,71 @@ def test_dataloader_rejects_bad_arguments():
         dataset, 4, shuffle=False, num_workers=0, seed=0, drop_last=False, sampler=sampler
     )
     assert [ids for _, ids in _epoch(loader)] == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_step_sampler_same_step_images_for_any_split():
+    from focus_detr.data.collate import StepBatchSampler
+
+    def step_images(world_size: int, accumulation: int, start: int = 0) -> list[list]:
+        steps: list[list] = []
+        for rank in range(world_size):
+            sampler = StepBatchSampler(
+                10,
+                total_batch_size=4,
+                seed=3,
+                num_steps=6 - start,
+                world_size=world_size,
+                rank=rank,
+                grad_accumulation=accumulation,
+                start_step=start,
+            )
+            micro = list(sampler)
+            assert len(micro) == len(sampler) == (6 - start) * accumulation
+            assert all(len(m) == 4 // (world_size * accumulation) for m in micro)
+            for step in range(6 - start):
+                if len(steps) <= step:
+                    steps.append([])
+                chunk = micro[step * accumulation : (step + 1) * accumulation]
+                steps[step] += [sample for m in chunk for sample in m]
+        return steps
+
+    reference = step_images(1, 1)
+    assert step_images(2, 1) == reference
+    assert step_images(1, 2) == reference
+    assert step_images(2, 2) == reference
+    assert step_images(1, 4) == reference
+    assert step_images(1, 1, start=3) == reference[3:]  # resuming continues the same stream
+    # epochs are permutations of the dataset; step 2 straddles epochs 0 and 1
+    stream = [index for step in reference for index, _ in step]
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
+    assert stream[:10] != stream[10:20]
+    sampler = StepBatchSampler(10, total_batch_size=4, seed=3, num_steps=6)
+    assert sampler.step_samples(2) == reference[2]
+    seeds = [seed for step in reference for _, seed in step]
+    assert len(set(seeds)) == len(seeds)  # every sample of every epoch has its own seed
+
+
+def test_step_sampler_rejects_uneven_splits():
+    from focus_detr.data.collate import StepBatchSampler, micro_batch_size
+
+    assert micro_batch_size(16, 2, 4) == 2
+    with pytest.raises(ValueError, match="not divisible"):
+        micro_batch_size(16, 3, 1)
+    with pytest.raises(ValueError, match="rank"):
+        StepBatchSampler(10, total_batch_size=4, seed=0, num_steps=1, world_size=2, rank=2)
+    with pytest.raises(ValueError, match="empty"):
+        StepBatchSampler(0, total_batch_size=4, seed=0, num_steps=1)
+
+
+def test_step_dataloader_same_batches_with_workers():
+    from focus_detr.data.collate import build_step_dataloader
+
+    dataset = _RandomDataset()
+    kwargs = {"total_batch_size": 4, "seed": 1, "num_steps": 3, "grad_accumulation": 2}
+    in_process = _epoch(build_step_dataloader(dataset, num_workers=0, **kwargs))
+    with_workers = _epoch(build_step_dataloader(dataset, num_workers=2, **kwargs))
+    assert len(in_process) == 6 and _same(in_process, with_workers)
+    resumed = _epoch(
+        build_step_dataloader(dataset, num_workers=0, **{**kwargs, "num_steps": 1}, start_step=2)
+    )
+    assert _same(in_process[4:], resumed)

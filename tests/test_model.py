@@ -77,7 +77,8 @@ def test_unselected_tokens_pass_through_unchanged(model) -> None:
     kept = torch.zeros(out.tokens.num_tokens, dtype=torch.bool)
     kept[out.encoder.token_indices[0][0, : out.encoder.token_counts[0, 0]]] = True
     # the memory of unselected tokens is bit-identical to the encoder input (neck + nothing)
-    levels = model.neck(model.backbone(*_normalised(model, _image(64, 64))))
+    with torch.no_grad():
+        levels = model.neck(model.backbone(*_normalised(model, _image(64, 64))))
     flat = torch.cat([level.flatten(2).transpose(1, 2) for level in levels], dim=1)[0]
     assert torch.equal(out.memory[0][~kept], flat[~kept])
     assert not torch.equal(out.memory[0][kept], flat[kept])

@@ -10,6 +10,9 @@ Quick use::
 
 from focus_detr.checkpoint import CheckpointError, LoadReport, load_checkpoint
 from focus_detr.config import Config, ConfigError, ModelConfig, TrainConfig
+from focus_detr.engine.evaluator import evaluate
+from focus_detr.engine.trainer import train
+from focus_detr.inference import Predictor, load_model
 from focus_detr.models.build import build_model
 from focus_detr.models.detector import FocusDETR
 from focus_detr.presets import Preset, get_preset, preset_names
@@ -26,11 +29,15 @@ __all__ = [
     "ImageBatch",
     "LoadReport",
     "ModelConfig",
+    "Predictor",
     "Preset",
     "TrainConfig",
     "__version__",
     "build_model",
+    "evaluate",
     "get_preset",
     "load_checkpoint",
+    "load_model",
     "preset_names",
+    "train",
 ]

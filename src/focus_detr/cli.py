@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from focus_detr.engine.commands import add_eval_command, add_train_command
+
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -110,10 +112,73 @@ def _run_parity(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _add_benchmark(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "benchmark",
+        help="FLOPs, latency and memory of the Focus encoder vs the dense baseline",
+        description=(
+            "Measure the preset with its keep ratio, any extra --keep-ratio values and the "
+            "dense baseline (keep ratio 1, cascade of ones) in one run: GFLOPs by stage, "
+            "latency (median and quartiles after warm-up) by stage and end to end, peak memory."
+        ),
+    )
+    parser.add_argument("--preset", default="focus_detr_r50_4scale_12ep")
+    parser.add_argument("--size", default="800x1333", help="HxW of the input images")
+    parser.add_argument("--keep-ratio", type=float, nargs="*", default=[], help="extra ratios")
+    parser.add_argument("--device", default=_default_device())
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per variant")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--weights", help="optional checkpoint (random weights otherwise)")
+    parser.add_argument("--train-step", action="store_true", help="also time a training step")
+    parser.add_argument("--no-flops", action="store_true", help="skip operation counting")
+    parser.add_argument("--json", help="write the full results here")
+    parser.set_defaults(run=_run_benchmark)
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from focus_detr.benchmark.run import BenchmarkSettings, format_report, run_benchmark
+
+    try:
+        height, width = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        print(f"error: --size must look like 800x1333, got {args.size!r}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = BenchmarkSettings(
+        preset=args.preset,
+        height=height,
+        width=width,
+        batch=args.batch,
+        device=args.device,
+        dtype=args.dtype,
+        keep_ratios=tuple(args.keep_ratio),
+        runs=args.runs,
+        warmup=args.warmup,
+        train_step=args.train_step,
+        weights=args.weights,
+        count_flops=not args.no_flops,
+    )
+    report = run_benchmark(settings)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(report.to_json())
+    return 0
+
+
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_presets,
     _add_predict,
     _add_parity,
+    _add_benchmark,
+    add_train_command,
+    add_eval_command,
 )
 
 

@@ -142,7 +142,12 @@ class TrainConfig:
     """Training recipe (the detrex defaults for Focus-DETR).
 
     The schedule is given in epochs and turned into iterations from the dataset size and the
-    total batch (``total_batch_size`` stays the same whatever the number of processes).
+    total batch (``total_batch_size`` stays the same whatever the number of processes and
+    ``grad_accumulation`` steps). Augmentation: random horizontal flip, then with probability
+    ``1 - crop_probability`` resize the short side to one of ``train_min_sizes`` (long side at
+    most ``train_max_size``), else resize to one of ``crop_resize_sizes``, crop a random
+    ``crop_size_range`` region and resize as in the first branch. Test: short side
+    ``test_min_size``, long side at most ``test_max_size``.
     """
 
     epochs: float = 12.0
@@ -155,6 +160,7 @@ class TrainConfig:
     total_batch_size: int = 16
     grad_accumulation: int = 1
     warmup_iters: int = 0
+    warmup_factor: float = 0.001
     amp: str = "none"
     num_workers: int = 4
     eval_every_epochs: float = 1.0
@@ -164,6 +170,7 @@ class TrainConfig:
     seed: int = 42
     train_min_sizes: tuple[int, ...] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
     train_max_size: int = 1333
+    crop_probability: float = 0.5
     crop_resize_sizes: tuple[int, ...] = (400, 500, 600)
     crop_size_range: tuple[int, int] = (384, 600)
     test_min_size: int = 800
@@ -176,6 +183,7 @@ class TrainConfig:
         _check(self.total_batch_size >= 1, "total_batch_size must be >= 1")
         _check(self.grad_accumulation >= 1, "grad_accumulation must be >= 1")
         _check(self.amp in ("none", "bf16", "fp16"), "amp must be none, bf16 or fp16")
+        _check(0.0 <= self.crop_probability <= 1.0, "crop_probability must be in [0, 1]")
         _check(
             all(0 < e <= self.epochs for e in self.lr_drop_epochs), "lr drops must lie in the run"
         )

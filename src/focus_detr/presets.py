@@ -120,6 +120,53 @@ ZOO: tuple[Preset, ...] = (
     _swin("large_384", 36, True, None, 56.3),
 )
 
+# Small models that train on a CPU (the built-in synthetic dataset's quick start).
+SMALL: tuple[Preset, ...] = (
+    Preset(
+        name="focus_detr_tiny",
+        config=Config(
+            model=ModelConfig(
+                backbone="resnet18",
+                backbone_width=32,
+                backbone_norm="bn",
+                backbone_frozen_stages=0,
+                num_classes=8,
+                embed_dim=128,
+                num_heads=4,
+                num_encoder_layers=3,
+                num_decoder_layers=3,
+                feedforward_dim=512,
+                num_queries=100,
+                cascade=(1.0, 0.8, 0.6),
+                num_dual_attention_tokens=100,
+                num_detections=100,
+                num_denoising_queries=50,
+            ),
+            train=TrainConfig(
+                epochs=12.0,
+                lr_drop_epochs=(10.0,),
+                lr=2e-4,
+                backbone_lr_factor=1.0,
+                total_batch_size=8,
+                warmup_iters=100,
+                num_workers=2,
+                eval_every_epochs=4.0,
+                checkpoint_every_iters=200,
+                train_min_sizes=(160, 176, 192, 208, 224, 240, 256),
+                train_max_size=400,
+                crop_resize_sizes=(160, 192, 224),
+                crop_size_range=(128, 192),
+                test_min_size=224,
+                test_max_size=400,
+            ),
+        ),
+        weights_url=None,
+        coco_ap=None,
+        backbone_weights=None,
+        description="light ResNet-18 (width 32), 3+3 layers of width 128, trains on a CPU",
+    ),
+)
+
 _EXTRA: tuple[Preset, ...] = ()
 
 
@@ -132,7 +179,7 @@ def register(preset: Preset) -> None:
 
 
 def _by_name() -> dict[str, Preset]:
-    return {p.name: p for p in (*ZOO, *_EXTRA)}
+    return {p.name: p for p in (*ZOO, *SMALL, *_EXTRA)}
 
 
 def preset_names() -> list[str]:

@@ -143,7 +143,12 @@ class SetCriterion(nn.Module):
         self.weight_dict: dict[str, float] = dict(weight_dict)
 
     def forward(
-        self, outputs: FocusDETROutput, targets: Sequence[Mapping[str, Tensor]]
+        self,
+        outputs: FocusDETROutput,
+        targets: Sequence[Mapping[str, Tensor]],
+        *,
+        num_boxes: float | None = None,
+        num_images: int | None = None,
     ) -> dict[str, Tensor]:
         """Compute every loss, unweighted.
 
@@ -151,12 +156,19 @@ class SetCriterion(nn.Module):
             outputs: raw model outputs.
             targets: per image ``{"labels": int64 [n], "boxes": [n, 4] cxcywh normalised}``
                 (see :func:`prepare_targets`).
+            num_boxes: normaliser of the box and class losses; default
+                :func:`average_num_boxes` of ``targets``. Gradient accumulation passes the
+                value of the whole optimisation step, so that summing the micro-batch losses
+                gives the loss of the full batch.
+            num_images: normaliser of the per-image foreground loss (default: this batch's
+                size), likewise.
 
         Returns:
             loss name -> scalar tensor (see the module docstring for the names).
         """
         self._check_targets(outputs, targets)
-        num_boxes = average_num_boxes(targets, outputs.logits.device)
+        if num_boxes is None:
+            num_boxes = average_num_boxes(targets, outputs.logits.device)
         num_layers = int(outputs.logits.shape[0])
         losses: dict[str, Tensor] = {}
         for layer in range(num_layers):
@@ -174,7 +186,7 @@ class SetCriterion(nn.Module):
                 outputs.denoising, targets, num_boxes, num_layers, outputs.logits.device
             )
         )
-        losses[FOREGROUND_LOSS_NAME] = self._foreground_loss(outputs, targets)
+        losses[FOREGROUND_LOSS_NAME] = self._foreground_loss(outputs, targets, num_images)
         return losses
 
     def weighted_total(self, losses: Mapping[str, Tensor]) -> Tensor:
@@ -274,7 +286,10 @@ class SetCriterion(nn.Module):
         return losses
 
     def _foreground_loss(
-        self, outputs: FocusDETROutput, targets: Sequence[Mapping[str, Tensor]]
+        self,
+        outputs: FocusDETROutput,
+        targets: Sequence[Mapping[str, Tensor]],
+        num_images: int | None,
     ) -> Tensor:
         """Focal loss of the foreground token scores (``select_loss``)."""
         boxes_xyxy = []
@@ -292,6 +307,7 @@ class SetCriterion(nn.Module):
             outputs.tokens.padding_mask,
             alpha=self.focal_alpha,
             gamma=self.focal_gamma,
+            num_images=num_images,
         )
 
     def _check_targets(

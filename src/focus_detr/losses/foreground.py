@@ -95,6 +95,7 @@ def foreground_loss(
     padding_mask: Tensor,
     alpha: float = 0.25,
     gamma: float = 2.0,
+    num_images: int | None = None,
 ) -> Tensor:
     """Focal loss of the foreground scores, normalised per image by its foreground count.
 
@@ -111,6 +112,8 @@ def foreground_loss(
         padding_mask: ``[B, N]`` bool, True on padding tokens.
         alpha: focal weight of the foreground tokens.
         gamma: focal focusing exponent.
+        num_images: the per-image losses are summed and divided by this (default ``B``: the
+            mean over the batch).
 
     Returns:
         scalar loss.
@@ -128,7 +131,8 @@ def foreground_loss(
     loss = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     num_foreground = targets.sum(dim=1).clamp(min=1)
-    return (loss.sum(dim=1) / num_foreground).mean()
+    per_image = loss.sum(dim=1) / num_foreground
+    return per_image.sum() / (num_images if num_images is not None else per_image.shape[0])
 
 
 def _level_foreground(

@@ -31,6 +31,11 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not x.requires_grad:
+            # one fused op, as detectron2 does when no gradient is needed
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
@@ -61,6 +66,12 @@ class ConvNorm(nn.Conv2d):
         self.norm = _norm(norm, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        if isinstance(self.norm, FrozenBatchNorm2d) and not torch.is_grad_enabled():
+            # inference: fold the frozen affine normalisation into the convolution
+            scale = self.norm.weight * (self.norm.running_var + self.norm.eps).rsqrt()
+            shift = self.norm.bias - self.norm.running_mean * scale
+            weight = self.weight * scale.view(-1, 1, 1, 1).to(self.weight.dtype)
+            return self._conv_forward(x, weight, shift.to(self.weight.dtype))
         return self.norm(super().forward(x))
 
 
@@ -176,7 +187,9 @@ class ResNet(nn.Module):
         ``image_sizes`` ``[B, 2]`` gives each image's valid (height, width); the outputs are
         zero outside each image's valid area.
         """
-        x = self.stem(pixels, image_sizes)
+        # channels-last activations: faster convolutions (oneDNN / cuDNN), and the neck's
+        # outputs then flatten into tokens without a copy
+        x = self.stem(pixels.contiguous(memory_format=torch.channels_last), image_sizes)
         outputs = []
         for index, stage_stride in enumerate((4, 8, 16, 32)):
             for block_index, block in enumerate(getattr(self, f"res{index + 2}")):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
@@ -16,39 +15,25 @@ from focus_detr.models.decoder import Decoder, DecoderMemory
 from focus_detr.models.denoising import build_denoising_queries
 from focus_detr.models.focus_encoder import EncoderInputs, FocusEncoder
 from focus_detr.models.foreground import ForegroundScorer
-from focus_detr.models.masking import padding_mask_from_sizes, valid_sizes_at_stride, zero_padding
-from focus_detr.models.position_encoding import sine_position_embedding
+from focus_detr.models.masking import zero_padding
 from focus_detr.models.postprocess import postprocess
 from focus_detr.models.query_selection import (
+    SelectedQueries,
     TokenProjection,
-    TokenProposals,
     select_queries,
-    token_proposals,
 )
+from focus_detr.models.tokens import Tokens, flatten_levels
 from focus_detr.ops.boxes import inverse_sigmoid
+from focus_detr.profiling import stage
 from focus_detr.structures import (
     DenoisingOutput,
     DenoisingQueries,
     EncoderTrace,
     FocusDETROutput,
     ImageBatch,
-    TokenLayout,
 )
 
 ImagesInput = ImageBatch | Sequence[Tensor] | Tensor
-
-
-@dataclass
-class _Tokens:
-    """Flattened multi-scale tokens and their geometry."""
-
-    features: Tensor  # [B, N, D]
-    positions: Tensor  # [B, N, D]
-    references: Tensor  # [B, N, 2]
-    layout: TokenLayout
-    valid_ratios: Tensor | None  # [B, L, 2] (w, h), None without padding
-    padding_mask: Tensor | None  # [B, N], None without padding
-    proposals: TokenProposals
 
 
 class FocusDETR(nn.Module):
@@ -166,37 +151,50 @@ class FocusDETR(nn.Module):
             (image_sizes != torch.tensor(pixels.shape[-2:], device=image_sizes.device)).any()
         )
         sizes_if_padded = image_sizes if padded else None
-        levels = self.neck(self.backbone(pixels, sizes_if_padded), sizes_if_padded)
-        tokens = self._flatten(levels, image_sizes, self.neck.strides)
-        foreground_logits = self._score_foreground(tokens)
-        memory, trace = self.encoder(
-            EncoderInputs(
-                features=tokens.features,
-                positions=tokens.positions,
-                references=tokens.references,
-                padding_mask=tokens.padding_mask,
-                spatial_shapes=tokens.layout.spatial_shapes,
-                level_start_index=tokens.layout.level_start_index,
-                valid_ratios=tokens.valid_ratios,
-            ),
-            foreground_logits,
-            self.two_stage_class_head,
-            self.keep_ratio,
-            self.cascade,
-        )
+        with stage("backbone"):
+            features = self.backbone(pixels, sizes_if_padded)
+        with stage("neck"):
+            levels = self.neck(features, sizes_if_padded)
+        with stage("foreground_scoring"):
+            tokens = flatten_levels(
+                levels,
+                image_sizes,
+                self.neck.strides,
+                self.level_embeddings,
+                temperature=self.position_temperature,
+                offset=self.position_offset,
+            )
+            foreground_logits = self._score_foreground(tokens)
+        with stage("encoder"):
+            memory, trace = self.encoder(
+                EncoderInputs(
+                    features=tokens.features,
+                    positions=tokens.positions,
+                    references=tokens.references,
+                    padding_mask=tokens.padding_mask,
+                    spatial_shapes=tokens.layout.spatial_shapes,
+                    level_start_index=tokens.layout.level_start_index,
+                    valid_ratios=tokens.valid_ratios,
+                ),
+                foreground_logits,
+                self.two_stage_class_head,
+                self.keep_ratio,
+                self.cascade,
+            )
         output = self._decode(memory, tokens, targets)
         output = dataclasses.replace(
             output, foreground_logits=foreground_logits, encoder=trace, image_sizes=image_sizes
         )
         if raw:
             return output
-        return postprocess(
-            output.pred_logits,
-            output.pred_boxes,
-            image_sizes,
-            self.num_detections,
-            output.query_mask,
-        )
+        with stage("postprocess"):
+            return postprocess(
+                output.pred_logits,
+                output.pred_boxes,
+                image_sizes,
+                self.num_detections,
+                output.query_mask,
+            )
 
     def _as_batch(self, images: ImagesInput) -> ImageBatch:
         if isinstance(images, ImageBatch):
@@ -249,50 +247,7 @@ class FocusDETR(nn.Module):
         image_sizes = batch.image_sizes.to(pixels.device)
         return zero_padding((pixels - mean) / std, image_sizes), image_sizes
 
-    def _flatten(
-        self, levels: list[Tensor], image_sizes: Tensor, strides: tuple[int, ...]
-    ) -> _Tokens:
-        """Flatten the levels into tokens with positions, reference points and padding."""
-        device, dtype = levels[0].device, levels[0].dtype
-        shapes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
-        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
-        areas = spatial_shapes.prod(dim=1)
-        level_start_index = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1]))
-        valid_sizes = torch.stack([valid_sizes_at_stride(image_sizes, s) for s in strides], dim=1)
-        padded = bool((valid_sizes != spatial_shapes[None]).any())
-        features, positions, references, masks = [], [], [], []
-        for level, (feature, (height, width)) in enumerate(zip(levels, shapes)):
-            valid = valid_sizes[:, level]
-            features.append(feature.flatten(2).transpose(1, 2))
-            position = sine_position_embedding(
-                valid,
-                height,
-                width,
-                num_feats=feature.shape[1] // 2,
-                temperature=self.position_temperature,
-                offset=self.position_offset,
-                dtype=dtype,
-            )
-            positions.append(position.flatten(2).transpose(1, 2) + self.level_embeddings[level])
-            references.append(_cell_centres(valid, height, width, dtype))
-            masks.append(padding_mask_from_sizes(valid, height, width).flatten(1))
-        padding_mask = torch.cat(masks, dim=1)
-        layout = TokenLayout(spatial_shapes, level_start_index, valid_sizes, padding_mask, strides)
-        return _Tokens(
-            features=torch.cat(features, dim=1),
-            positions=torch.cat(positions, dim=1),
-            references=torch.cat(references, dim=1),
-            layout=layout,
-            valid_ratios=(valid_sizes.to(dtype) / spatial_shapes[None].to(dtype)).flip(-1)
-            if padded
-            else None,
-            padding_mask=padding_mask if padded else None,
-            proposals=token_proposals(
-                spatial_shapes, valid_sizes, padding_mask if padded else None, dtype
-            ),
-        )
-
-    def _score_foreground(self, tokens: _Tokens) -> Tensor:
+    def _score_foreground(self, tokens: Tokens) -> Tensor:
         """Foreground logits ``[B, N]`` of the projected (feature + position) tokens."""
         projected = self.token_projection(
             tokens.features + tokens.positions, tokens.proposals.valid
@@ -307,18 +262,30 @@ class FocusDETR(nn.Module):
         )
 
     def _decode(
-        self, memory: Tensor, tokens: _Tokens, targets: list[dict[str, Tensor]] | None
+        self, memory: Tensor, tokens: Tokens, targets: list[dict[str, Tensor]] | None
     ) -> FocusDETROutput:
         """Two-stage query selection, (denoising,) decoder and prediction heads."""
-        projected = self.token_projection(memory, tokens.proposals.valid)
-        selected = select_queries(
-            projected,
-            tokens.proposals,
-            tokens.padding_mask,
-            self.two_stage_class_head,
-            self.two_stage_box_head,
-            self.num_queries,
-        )
+        with stage("query_selection"):
+            projected = self.token_projection(memory, tokens.proposals.valid)
+            selected = select_queries(
+                projected,
+                tokens.proposals,
+                tokens.padding_mask,
+                self.two_stage_class_head,
+                self.two_stage_box_head,
+                self.num_queries,
+            )
+        with stage("decoder"):
+            return self._decode_selected(memory, tokens, targets, selected)
+
+    def _decode_selected(
+        self,
+        memory: Tensor,
+        tokens: Tokens,
+        targets: list[dict[str, Tensor]] | None,
+        selected: SelectedQueries,
+    ) -> FocusDETROutput:
+        """Decoder and prediction heads on the selected queries."""
         batch, count = selected.token_indices.shape
         queries = self.query_embeddings.weight[:count][None].expand(batch, count, -1)
         initial_references = selected.box_logits.detach().sigmoid()
@@ -399,15 +366,3 @@ class FocusDETR(nn.Module):
             label_noise_ratio=self.label_noise_ratio,
             box_noise_scale=self.box_noise_scale,
         )
-
-
-def _cell_centres(valid_sizes: Tensor, height: int, width: int, dtype: torch.dtype) -> Tensor:
-    """``[B, h*w, 2]`` (x, y) cell centres normalised by each image's valid extent."""
-    ys = torch.arange(height, dtype=dtype, device=valid_sizes.device) + 0.5
-    xs = torch.arange(width, dtype=dtype, device=valid_sizes.device) + 0.5
-    y = ys[None, :, None] / valid_sizes[:, 0, None, None].to(dtype)
-    x = xs[None, None, :] / valid_sizes[:, 1, None, None].to(dtype)
-    batch = valid_sizes.shape[0]
-    return torch.stack(
-        (x.expand(batch, height, width), y.expand(batch, height, width)), dim=-1
-    ).view(batch, height * width, 2)

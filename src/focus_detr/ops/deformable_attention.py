@@ -83,51 +83,84 @@ def _triton_available() -> bool:
     return is_available()
 
 
+# Each level's value map gets a zero border (1 before, 2 after, on both axes) so that the four
+# bilinear corners of any sample clamped to [-1, size] exist: no validity masks are needed and a
+# corner outside the map reads a zero, exactly grid_sample's zero padding.
+_BORDER_BEFORE = 1
+_BORDER_AFTER = 2
+
+
+def _bordered_values(value: Tensor, spatial_shapes: list[tuple[int, int]]) -> Tensor:
+    """``[B, S, heads, dim]`` -> the maps with zero borders, flattened ``[B, S', heads, dim]``."""
+    batch, _, num_heads, head_dim = value.shape
+    pieces = []
+    start = 0
+    pad = (0, 0, 0, 0, _BORDER_BEFORE, _BORDER_AFTER, _BORDER_BEFORE, _BORDER_AFTER)
+    for height, width in spatial_shapes:
+        level = value[:, start : start + height * width].view(
+            batch, height, width, num_heads, head_dim
+        )
+        pieces.append(torch.nn.functional.pad(level, pad).flatten(1, 2))
+        start += height * width
+    return torch.cat(pieces, dim=1)
+
+
 def bilinear_corner_indices_and_weights(
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
+    spatial_shapes: list[tuple[int, int]],
     sampling_locations: Tensor,
     attention_weights: Tensor,
-    num_values: int,
+    num_heads: int,
 ) -> tuple[Tensor, Tensor]:
-    """Flat value-row indices and weights of the 4 bilinear corners of every sample.
+    """Rows and weights of the 4 bilinear corners of every sample, in the bordered table.
 
-    Returns two ``[batch * num_queries * num_heads, num_levels * num_points * 4]`` tensors:
-    rows index ``value.reshape(batch * num_values * num_heads, head_dim)``; a corner outside
-    its level's map gets weight 0 (zero padding) and a harmless in-range index.
+    Returns two ``[batch * num_queries * num_heads, num_levels * num_points * 4]`` tensors
+    (int32 rows into ``_bordered_values(...).reshape(-1, head_dim)``, weights with the
+    attention weight folded in).
     """
-    batch, num_queries, num_heads, num_levels, _, _ = sampling_locations.shape
-    dtype = sampling_locations.dtype
-    heights = spatial_shapes[:, 0].to(dtype).view(1, 1, 1, num_levels, 1)
-    widths = spatial_shapes[:, 1].to(dtype).view(1, 1, 1, num_levels, 1)
-    # Pixel coordinates with the align_corners=False convention; clamping keeps far-away
-    # samples (all corners outside, weight 0) from overflowing the integer conversion.
-    x = (sampling_locations[..., 0] * widths - 0.5).clamp(min=-2.0).minimum(widths + 1)
-    y = (sampling_locations[..., 1] * heights - 0.5).clamp(min=-2.0).minimum(heights + 1)
-    x0 = x.floor()
-    y0 = y.floor()
-    fx = x - x0
-    fy = y - y0
+    batch, num_queries, _, num_levels, _, _ = sampling_locations.shape
+    device, dtype = sampling_locations.device, sampling_locations.dtype
+    sizes = torch.tensor(spatial_shapes, device=device)
+    padded = sizes + (_BORDER_BEFORE + _BORDER_AFTER)
+    areas = padded.prod(dim=1)
+    starts = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1]))
+    total = int(areas.sum())
+    heights = sizes[:, 0].to(dtype).view(1, 1, 1, num_levels, 1)
+    widths = sizes[:, 1].to(dtype).view(1, 1, 1, num_levels, 1)
+    x0, wx1 = _axis(sampling_locations[..., 0], widths)
+    y0, wy1 = _axis(sampling_locations[..., 1], heights)
+    wx1 = wx1 * attention_weights
+    wx0 = attention_weights - wx1
+    wy0 = 1 - wy1
     # corners ordered (x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)
-    corner_x = torch.stack((x0, x0 + 1, x0, x0 + 1), dim=-1)
-    corner_y = torch.stack((y0, y0, y0 + 1, y0 + 1), dim=-1)
-    wx = torch.stack((1 - fx, fx, 1 - fx, fx), dim=-1)
-    wy = torch.stack((1 - fy, 1 - fy, fy, fy), dim=-1)
-    w_l = widths.unsqueeze(-1)
-    h_l = heights.unsqueeze(-1)
-    inside = (corner_x >= 0) & (corner_x < w_l) & (corner_y >= 0) & (corner_y < h_l)
-    weights = wx * wy * attention_weights.unsqueeze(-1) * inside
-
-    cx = corner_x.long().clamp(min=0)
-    cy = corner_y.long().clamp(min=0)
-    starts = level_start_index.view(1, 1, 1, num_levels, 1, 1)
-    token = starts + cy * spatial_shapes[:, 1].view(1, 1, 1, num_levels, 1, 1) + cx
-    token = torch.where(inside, token, torch.zeros_like(token))
-    batch_offset = torch.arange(batch, device=token.device).view(batch, 1, 1, 1, 1, 1)
-    head = torch.arange(num_heads, device=token.device).view(1, 1, num_heads, 1, 1, 1)
-    rows = (batch_offset * num_values + token) * num_heads + head
+    weights = torch.stack((wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1), dim=-1)
+    # row of (batch b, token t, head h) is (b * S' + t) * heads + h
+    padded_width = padded[:, 1].view(1, 1, 1, num_levels, 1)
+    base = (
+        torch.arange(batch, device=device).view(batch, 1, 1, 1, 1) * (total * num_heads)
+        + torch.arange(num_heads, device=device).view(1, 1, num_heads, 1, 1)
+        + starts.view(1, 1, 1, num_levels, 1) * num_heads
+    )
+    token = (y0 + _BORDER_BEFORE) * padded_width + (x0 + _BORDER_BEFORE)
+    row00 = (base + token * num_heads).to(torch.int32)
+    step_y = padded_width * num_heads
+    corner_offsets = torch.stack(
+        (torch.zeros_like(step_y), torch.full_like(step_y, num_heads), step_y, step_y + num_heads),
+        dim=-1,
+    ).to(torch.int32)
+    rows = row00.unsqueeze(-1) + corner_offsets
     bags = batch * num_queries * num_heads
     return rows.reshape(bags, -1), weights.reshape(bags, -1)
+
+
+def _axis(normalised: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
+    """Integer low neighbour and the high neighbour's weight along one axis.
+
+    Pixel coordinates follow align_corners=False; they are clamped to [-1, size], where every
+    neighbour lies in the zero border when the sample is outside the map.
+    """
+    pixel = (normalised * size - 0.5).clamp(min=-1.0).minimum(size)
+    low = pixel.floor()
+    return low.long(), pixel - low
 
 
 def deformable_attention_gather(
@@ -138,14 +171,16 @@ def deformable_attention_gather(
     attention_weights: Tensor,
 ) -> Tensor:
     """Deformable attention as one weighted gather (``F.embedding_bag``); differentiable."""
-    batch, num_values, num_heads, head_dim = value.shape
+    batch, _, num_heads, head_dim = value.shape
     num_queries = sampling_locations.shape[1]
     if batch * num_queries == 0:
         return value.new_zeros(batch, num_queries, num_heads * head_dim)
+    del level_start_index  # the bordered table has its own level offsets
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    table = _bordered_values(value, shapes).reshape(-1, head_dim)
     rows, weights = bilinear_corner_indices_and_weights(
-        spatial_shapes, level_start_index, sampling_locations, attention_weights, num_values
+        shapes, sampling_locations, attention_weights, num_heads
     )
-    table = value.reshape(batch * num_values * num_heads, head_dim)
     out = F.embedding_bag(rows, table, per_sample_weights=weights.to(table.dtype), mode="sum")
     return out.view(batch, num_queries, num_heads * head_dim)
 

@@ -1,0 +1,215 @@
+"""COCO evaluation of a model on a COCO-format dataset (from Python or from the training loop).
+
+Images go through detectron2's test resize (short side ``min_size``, long side at most
+``max_size``), are batched (the model gives each image the same result in any batch), and the
+detections are mapped back to each file's own pixels before COCO box AP is computed by
+:func:`focus_detr.engine.evaluation.evaluate_detections`. Under ``torchrun`` every process
+evaluates a shard of the images and the main process scores all detections.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from focus_detr.data.collate import collate_detection
+from focus_detr.data.transforms import build_test_transforms
+from focus_detr.engine.checkpointing import unwrap_model
+from focus_detr.engine.distributed import all_gather_objects, broadcast_object, is_distributed
+from focus_detr.engine.evaluation import (
+    CocoEvaluation,
+    evaluate_detections,
+    to_coco_results,
+    write_results_json,
+)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    min_size: int | None = 800,
+    max_size: int = 1333,
+    num_workers: int = 0,
+    category_ids: Sequence[int] | None = None,
+    per_class: bool = False,
+    results_path: str | os.PathLike[str] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> CocoEvaluation:
+    """COCO box AP of ``model`` on ``dataset``.
+
+    Args:
+        model: a :class:`~focus_detr.models.FocusDETR` (or a DDP wrapper of one); it is put in
+            eval mode for the call and returned to its previous mode.
+        dataset: a :class:`~focus_detr.data.CocoDetection` (needs ``annotation_file``,
+            ``image_ids`` and ``category_ids``); its own transforms are replaced by the test
+            resize unless ``min_size`` is None.
+        batch_size: images per forward pass.
+        device: where to run (the model is moved there; default: the model's device).
+        min_size / max_size: test resize; ``min_size=None`` keeps the dataset's transforms.
+        num_workers: loader processes.
+        category_ids: label -> COCO category id (default ``dataset.category_ids``); detections
+            of labels beyond it are dropped.
+        per_class: also compute per-category AP.
+        results_path: write the COCO results JSON there (main process).
+        autocast_dtype: run under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
+        progress: show a progress bar (main process).
+
+    Returns:
+        The metrics (the same object on every process).
+    """
+    for attribute in ("annotation_file", "image_ids"):
+        if not hasattr(dataset, attribute):
+            raise ValueError(f"evaluate needs a CocoDetection-like dataset (no {attribute!r})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    label_to_id = list(category_ids if category_ids is not None else dataset.category_ids)
+    core = unwrap_model(model)
+    if device is not None:
+        core.to(device)
+    was_training = core.training
+    core.eval()
+    try:
+        # evaluation never disturbs the training run's random streams
+        with torch.random.fork_rng(devices=_cuda_devices(device, core)):
+            results = _detect(
+                core,
+                _with_test_transforms(dataset, min_size, max_size),
+                batch_size=batch_size,
+                device=torch.device(device) if device is not None else _model_device(core),
+                num_workers=num_workers,
+                label_to_id=label_to_id,
+                autocast_dtype=autocast_dtype,
+                progress=progress,
+            )
+    finally:
+        core.train(was_training)
+    return _score(results, dataset, per_class, results_path)
+
+
+def _detect(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int,
+    label_to_id: list[int],
+    autocast_dtype: torch.dtype | None,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """COCO results of this process's shard of ``dataset``."""
+    rank, world_size = _rank_and_world()
+    indices = list(range(rank, len(dataset), world_size))
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_detection,
+        generator=torch.Generator().manual_seed(0),
+    )
+    from tqdm import tqdm
+
+    results: list[dict[str, Any]] = []
+    bar = tqdm(loader, desc="evaluating", disable=not progress or rank != 0, leave=False)
+    with torch.inference_mode():
+        for images, targets in bar:
+            with torch.autocast(
+                device.type,
+                dtype=autocast_dtype or torch.float32,
+                enabled=autocast_dtype is not None,
+            ):
+                detections = model(images.to(device))
+            for found, target in zip(detections, targets):
+                results.extend(_image_results(found, target, label_to_id))
+    return results
+
+
+def _image_results(
+    detections: dict[str, Tensor], target: dict[str, Any], label_to_id: list[int]
+) -> list[dict[str, Any]]:
+    """One image's detections in its file's pixels, as COCO results."""
+    boxes = rescale_boxes(detections["boxes"].float(), target["size"], target["orig_size"])
+    labels = detections["labels"]
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (labels < len(label_to_id))
+    return to_coco_results(
+        int(target["image_id"]),
+        boxes[keep],
+        detections["scores"][keep].float(),
+        labels[keep],
+        label_to_id,
+    )
+
+
+def rescale_boxes(
+    boxes_xyxy: Tensor, input_size: Sequence[int], original_size: Sequence[int]
+) -> Tensor:
+    """``[K, 4]`` xyxy boxes of a resized ``input_size`` image scaled to ``original_size``
+    (both (height, width)) and clipped to it (detectron2's ``detector_postprocess``)."""
+    height, width = int(original_size[0]), int(original_size[1])
+    scale_y = height / int(input_size[0])
+    scale_x = width / int(input_size[1])
+    boxes = boxes_xyxy.clone()
+    boxes[:, 0::2] = (boxes[:, 0::2] * scale_x).clamp(0, width)
+    boxes[:, 1::2] = (boxes[:, 1::2] * scale_y).clamp(0, height)
+    return boxes
+
+
+def _score(
+    results: list[dict[str, Any]],
+    dataset: Any,
+    per_class: bool,
+    results_path: str | os.PathLike[str] | None,
+) -> CocoEvaluation:
+    """Gather every process's results; the main process scores them and shares the metrics."""
+    rank, _ = _rank_and_world()
+    gathered = all_gather_objects(results) if is_distributed() else [results]
+    evaluation = None
+    if rank == 0:
+        merged = [item for part in gathered for item in part]
+        if results_path is not None:
+            write_results_json(results_path, merged)
+        evaluation = evaluate_detections(
+            merged, dataset.annotation_file, per_class=per_class, image_ids=dataset.image_ids
+        )
+    return broadcast_object(evaluation)
+
+
+def _with_test_transforms(dataset: Any, min_size: int | None, max_size: int) -> Any:
+    """A shallow copy of ``dataset`` whose transforms are the test resize."""
+    if min_size is None:
+        return dataset
+    if not hasattr(dataset, "transforms"):
+        raise ValueError("the dataset has no 'transforms' attribute to set the test resize on")
+    view = copy.copy(dataset)
+    view.transforms = build_test_transforms(min_size, max_size)
+    return view
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if is_distributed():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def _cuda_devices(device: torch.device | str | None, model: nn.Module) -> list[int]:
+    resolved = torch.device(device) if device is not None else _model_device(model)
+    if resolved.type != "cuda":
+        return []
+    return [resolved.index if resolved.index is not None else torch.cuda.current_device()]

@@ -1,0 +1,102 @@
+"""Multi-scale feature maps -> one token sequence with positions, references and padding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from focus_detr.models.masking import padding_mask_from_sizes, valid_sizes_at_stride
+from focus_detr.models.position_encoding import sine_position_embedding
+from focus_detr.models.query_selection import TokenProposals, token_proposals
+from focus_detr.structures import TokenLayout
+
+
+@dataclass
+class Tokens:
+    """Flattened multi-scale tokens and their geometry.
+
+    Attributes:
+        features: ``[B, N, D]`` neck features, level 0 (finest) first, row-major.
+        positions: ``[B, N, D]`` sine position embedding + learned level embedding.
+        references: ``[B, N, 2]`` (x, y) cell centres in each image's valid coordinates.
+        layout: shapes, level starts, per-image valid sizes, padding mask, strides.
+        valid_ratios: ``[B, L, 2]`` (w, h) valid fraction of each padded level, or None when
+            nothing is padded.
+        padding_mask: ``[B, N]`` True on padding, or None when nothing is padded.
+        proposals: two-stage grid proposals of every token.
+    """
+
+    features: Tensor
+    positions: Tensor
+    references: Tensor
+    layout: TokenLayout
+    valid_ratios: Tensor | None
+    padding_mask: Tensor | None
+    proposals: TokenProposals
+
+
+def flatten_levels(
+    levels: list[Tensor],
+    image_sizes: Tensor,
+    strides: tuple[int, ...],
+    level_embeddings: Tensor,
+    *,
+    temperature: float,
+    offset: float,
+) -> Tokens:
+    """Flatten ``[B, D, H_l, W_l]`` levels into tokens (see :class:`Tokens`).
+
+    ``image_sizes`` ``[B, 2]`` are the images' pixel sizes; level ``l`` of stride ``s`` covers
+    ``ceil(size / s)`` positions of each image.
+    """
+    device, dtype = levels[0].device, levels[0].dtype
+    shapes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
+    spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
+    areas = spatial_shapes.prod(dim=1)
+    level_start_index = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1]))
+    valid_sizes = torch.stack([valid_sizes_at_stride(image_sizes, s) for s in strides], dim=1)
+    padded = bool((valid_sizes != spatial_shapes[None]).any())
+    features, positions, references, masks = [], [], [], []
+    for level, (feature, (height, width)) in enumerate(zip(levels, shapes)):
+        valid = valid_sizes[:, level]
+        features.append(feature.flatten(2).transpose(1, 2))
+        position = sine_position_embedding(
+            valid,
+            height,
+            width,
+            num_feats=feature.shape[1] // 2,
+            temperature=temperature,
+            offset=offset,
+            dtype=dtype,
+        )
+        positions.append(position.flatten(2).transpose(1, 2) + level_embeddings[level])
+        references.append(_cell_centres(valid, height, width, dtype))
+        masks.append(padding_mask_from_sizes(valid, height, width).flatten(1))
+    padding_mask = torch.cat(masks, dim=1)
+    layout = TokenLayout(spatial_shapes, level_start_index, valid_sizes, padding_mask, strides)
+    valid_ratios = None
+    if padded:
+        valid_ratios = (valid_sizes.to(dtype) / spatial_shapes[None].to(dtype)).flip(-1)
+    used_mask = padding_mask if padded else None
+    return Tokens(
+        features=torch.cat(features, dim=1),
+        positions=torch.cat(positions, dim=1),
+        references=torch.cat(references, dim=1),
+        layout=layout,
+        valid_ratios=valid_ratios,
+        padding_mask=used_mask,
+        proposals=token_proposals(spatial_shapes, valid_sizes, used_mask, dtype),
+    )
+
+
+def _cell_centres(valid_sizes: Tensor, height: int, width: int, dtype: torch.dtype) -> Tensor:
+    """``[B, h*w, 2]`` (x, y) cell centres normalised by each image's valid extent."""
+    ys = torch.arange(height, dtype=dtype, device=valid_sizes.device) + 0.5
+    xs = torch.arange(width, dtype=dtype, device=valid_sizes.device) + 0.5
+    y = ys[None, :, None] / valid_sizes[:, 0, None, None].to(dtype)
+    x = xs[None, None, :] / valid_sizes[:, 1, None, None].to(dtype)
+    batch = valid_sizes.shape[0]
+    grid = torch.stack((x.expand(batch, height, width), y.expand(batch, height, width)), dim=-1)
+    return grid.view(batch, height * width, 2)

@@ -1,0 +1,99 @@
+"""The operation counter and the benchmark command."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+import focus_detr
+from focus_detr.benchmark.flops import count_operations
+from focus_detr.cli import main
+from focus_detr.ops.deformable_attention import deformable_attention_gather
+from focus_detr.profiling import stage
+from tests.conftest import tiny_config
+
+
+def test_counter_conventions_on_known_ops() -> None:
+    linear = nn.Linear(10, 20)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    norm = nn.LayerNorm(20)
+
+    def run() -> None:
+        with stage("backbone"):
+            conv(torch.randn(2, 3, 5, 5))
+        with stage("encoder"):
+            norm(linear(torch.randn(3, 10)))
+
+    counts = count_operations(run)
+    assert counts.flops["backbone"] == 2 * 8 * 5 * 5 * 3 * 9  # one multiply-add = 1 FLOP
+    assert counts.flops["encoder"] == 3 * 10 * 20 + 5 * 3 * 20  # linear + layer norm
+
+
+def test_deformable_sampling_counts_four_per_channel_and_point() -> None:
+    shapes = torch.tensor([[4, 4], [2, 2]])
+    starts = torch.tensor([0, 16])
+    batch, queries, heads, levels, points, dim = 1, 7, 2, 2, 3, 8
+    value = torch.randn(batch, 20, heads, dim)
+    locations = torch.rand(batch, queries, heads, levels, points, 2)
+    weights = torch.rand(batch, queries, heads, levels, points)
+    counts = count_operations(
+        lambda: deformable_attention_gather(value, shapes, starts, locations, weights)
+    )
+    assert counts.total() == 4 * batch * queries * heads * levels * points * dim
+
+
+def test_focus_encoder_costs_less_than_dense_in_proportion() -> None:
+    model = focus_detr.build_model(tiny_config(num_encoder_layers=2, cascade=(1.0, 0.5))).eval()
+    image = torch.randint(0, 256, (3, 128, 160), dtype=torch.uint8)
+    focus = count_operations(lambda: model([image]))
+    model.set_keep_ratio(1.0, (1.0, 1.0))
+    dense = count_operations(lambda: model([image]))
+    for name in ("backbone", "neck", "foreground_scoring", "query_selection", "decoder"):
+        assert focus.flops[name] == dense.flops[name], name
+    ratio = focus.flops["encoder"] / dense.flops["encoder"]
+    # 0.5 x (1.0 + 0.5) / 2 = 0.375 of the token-wise work; value projections stay dense
+    assert 0.37 < ratio < 0.5
+    assert dense.movement["encoder"] > focus.movement["encoder"] > 0
+    assert focus.selection["encoder"] > 0
+
+
+def test_benchmark_command_compares_focus_and_dense(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    status = main(
+        [
+            "benchmark",
+            "--preset",
+            "focus_detr_tiny",
+            "--size",
+            "96x128",
+            "--keep-ratio",
+            "0.3",
+            "--runs",
+            "2",
+            "--batch",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--train-step",
+            "--json",
+            str(out),
+        ]
+    )
+    assert status == 0
+    table = capsys.readouterr().out
+    assert "dense" in table and "GFLOPs encoder" in table and "ms end-to-end" in table
+    report = json.loads(out.read_text())
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["focus rho=0.5", "focus rho=0.3", "dense"]
+    encoder = [v["gflops"]["encoder"] for v in report["variants"]]
+    assert encoder[1] < encoder[0] < encoder[2]
+    tokens = [sum(v["tokens_per_layer"]) for v in report["variants"]]
+    assert tokens[1] < tokens[0] < tokens[2]
+    for variant in report["variants"]:
+        assert len(variant["latency_s"]) == 2 and variant["median_s"] > 0
+        assert set(variant["stage_s"]) >= {"backbone", "encoder", "decoder", "postprocess"}
+        assert len(variant["train_step_s"]) >= 1
