@@ -19,10 +19,9 @@ import torch
 from focus_detr.models.backbone_swin import (
     SwinTransformer,
     convert_official_swin_checkpoint,
-    drop_path,
-    relative_position_index,
     swin_config,
 )
+from focus_detr.models.swin_layers import drop_path, relative_position_index
 from focus_detr.structures import ImageBatch
 
 FIXTURE = Path(__file__).parent / "data" / "swin_tiny_reference.npz"

@@ -1,7 +1,8 @@
 """Built-in synthetic COCO-format dataset for the laptop quick-start.
 
 Images show 1-6 coloured shapes of eight classes (circle, square, triangle, ring, cross, star,
-diamond, bar) at small, medium and large sizes (COCO area buckets 32^2 and 96^2) over textured,
+diamond, bar; each class with its own jittered hue) at small, medium and large sizes (COCO area
+buckets 32^2 and 96^2) over textured,
 noisy backgrounds. Shapes are bright and saturated, backgrounds dull and darker, so the task is
 learnable by a small DETR on a CPU, while textures, scales, several objects and some overlap keep
 it from being trivial. Every image is drawn from its own seed stream ``(seed, split, index)``:
@@ -32,7 +33,7 @@ import PIL.Image
 import PIL.ImageDraw
 
 CATEGORY_NAMES = ("circle", "square", "triangle", "ring", "cross", "star", "diamond", "bar")
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
 _SPLITS = {"train": 0, "val": 1}
 _META_FILE = "synthetic.json"
 
@@ -273,7 +274,7 @@ def draw_synthetic_image(
         label, (x0, y0, x1, y1) = placed
         mask = _shape_mask(label, x1 - x0, y1 - y0)
         instance_map[y0:y1, x0:x1][mask] = len(boxes) + 1
-        pixels[y0:y1, x0:x1][mask] = _object_colour(rng, mask.shape)[mask]
+        pixels[y0:y1, x0:x1][mask] = _object_colour(rng, label, mask.shape)[mask]
         boxes.append((x0, y0, x1, y1))
         labels.append(label)
     pixels += rng.integers(-4, 5, size=pixels.shape, dtype=np.int16)
@@ -310,9 +311,14 @@ def _smooth_noise(
     return smooth[:, :, None] if channels == 1 else smooth
 
 
-def _object_colour(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Bright saturated colour with a mild linear shading, int16 ``[h, w, 3]``."""
-    hue, saturation, value = rng.uniform(0, 1), rng.uniform(0.55, 1.0), rng.uniform(200, 255)
+def _object_colour(rng: np.random.Generator, label: int, shape: tuple[int, int]) -> np.ndarray:
+    """Bright saturated colour with a mild linear shading, int16 ``[h, w, 3]``.
+
+    Each class has its own hue (jittered), so that a small model learns the classes quickly;
+    the shape still matters (neighbouring hues are close).
+    """
+    hue = (label / len(CATEGORY_NAMES) + rng.uniform(-0.04, 0.04)) % 1.0
+    saturation, value = rng.uniform(0.55, 1.0), rng.uniform(200, 255)
     rgb = colorsys.hsv_to_rgb(hue, saturation, 1.0)
     colour = np.array(rgb, dtype=np.float32) * np.float32(value)
     ramp_y = np.linspace(-1, 1, shape[0], dtype=np.float32)[:, None]

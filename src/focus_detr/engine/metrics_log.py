@@ -3,7 +3,8 @@
 Line kinds (key ``type``): ``train`` (averages over a log period: ``iteration``, ``epoch``,
 ``lr``, ``total_loss`` (weighted) and every unweighted loss, ``seconds_per_iter``,
 ``data_seconds``), ``eval`` (``iteration``, ``epoch`` and the 12 COCO numbers), and events such
-as ``nonfinite`` (a skipped step). Only the main process writes.
+as ``nonfinite`` (a skipped step). Every line also holds ``time``: seconds since the logger was
+created (wall clock of this process, for learning curves). Only the main process writes.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class MetricsLogger:
     ) -> None:
         self.path = Path(output_dir) / METRICS_FILE
         self.enabled = enabled
+        self._start = time.monotonic()
         self._writer: Any = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +46,7 @@ class MetricsLogger:
         """Append one record (non-finite floats are written as strings, JSON has none)."""
         if not self.enabled:
             return
+        record = {**record, "time": round(time.monotonic() - self._start, 3)}
         line = json.dumps({k: _jsonable(v) for k, v in record.items()}, sort_keys=False)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")

@@ -171,7 +171,8 @@ class FocusEncoder(nn.Module):
             ranking_scores = ranking_scores.masked_fill(padding, float("-inf"))
         most = int(budgets.max())
         ranked = ranking_scores.topk(most, dim=1).indices if most > 0 else None
-        memory = features
+        # without autograd the layers write into this copy in place (one full-size copy in all)
+        memory = features if torch.is_grad_enabled() else features.clone()
         trace = EncoderTrace(token_counts=budgets)
         dual_counts_per_layer = []
         for layer_index, layer in enumerate(self.layers):
@@ -216,4 +217,8 @@ class FocusEncoder(nn.Module):
         if not bool(active.all()):
             # filler slots write their token's old value back: a no-op
             updated = torch.where(active[..., None], updated, tokens)
-        return memory.scatter(1, index, updated), (category_scores, slots, dual_counts)
+        if torch.is_grad_enabled():
+            memory = memory.scatter(1, index, updated)  # autograd needs the old memory
+        else:
+            memory.scatter_(1, index, updated)  # owned by the encoder (copied once)
+        return memory, (category_scores, slots, dual_counts)
