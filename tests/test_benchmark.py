@@ -97,3 +97,17 @@ def test_benchmark_command_compares_focus_and_dense(tmp_path, capsys) -> None:
         assert len(variant["latency_s"]) == 2 and variant["median_s"] > 0
         assert set(variant["stage_s"]) >= {"backbone", "encoder", "decoder", "postprocess"}
         assert len(variant["train_step_s"]) >= 1
+
+
+def test_cpu_peak_memory_tracks_live_tensors() -> None:
+    from focus_detr.benchmark.timing import peak_memory
+
+    def allocate() -> None:
+        first = torch.ones(4 * 2**20)  # 16 MiB
+        second = torch.ones(2 * 2**20)  # 8 MiB, both alive
+        del first, second
+        torch.ones(2**20)  # 4 MiB after both were freed
+
+    peak = peak_memory(allocate, torch.device("cpu"))
+    assert 24 * 2**20 <= peak < 26 * 2**20
+    assert peak_memory(allocate, torch.device("cpu")) == peak

@@ -76,7 +76,7 @@ def download(url: str, *, progress: bool = True) -> Path:
     return target
 
 
-def _copy_with_progress(source, destination, total: int | None, label: str | None) -> None:  # type: ignore[no-untyped-def]
+def _copy_with_progress(source, destination, total: int | None, label: str | None) -> None:
     from tqdm import tqdm
 
     with tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=label is None) as bar:

@@ -72,7 +72,7 @@ def load_model(
     return model, categories
 
 
-def _model_config(checkpoint, preset: str | None) -> ModelConfig:  # type: ignore[no-untyped-def]
+def _model_config(checkpoint, preset: str | None) -> ModelConfig:
     stored = checkpoint.metadata.get("config") if checkpoint is not None else None
     if preset is not None:
         return get_preset(preset).config.model

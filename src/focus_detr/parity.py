@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from focus_detr.models.detector import FocusDETR
 from focus_detr.models.postprocess import postprocess
 
 # Config name of the upstream model file -> our preset with the same architecture.
@@ -44,7 +45,7 @@ def read_manifest(path: str | Path) -> dict:
     """A state-dict manifest (``keys/*.json``, optionally gzipped)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:  # type: ignore[operator]
+    with opener(path, "rt") as handle:
         return json.load(handle)
 
 
@@ -134,7 +135,7 @@ def reference_image(reference: Mapping[str, np.ndarray]) -> Tensor:
 class _Capture:
     """Keeps the outputs of the backbone and the neck during one forward pass."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: FocusDETR) -> None:
         self.backbone: list[Tensor] = []
         self.neck: list[Tensor] = []
         self._handles = [
@@ -147,7 +148,7 @@ class _Capture:
             handle.remove()
 
 
-def compare_with_reference(model: nn.Module, reference: Mapping[str, np.ndarray]) -> ParityReport:
+def compare_with_reference(model: FocusDETR, reference: Mapping[str, np.ndarray]) -> ParityReport:
     """Run ``model`` (float64, eval, weights loaded) on the fixture's image and compare."""
     image = reference_image(reference)
     capture = _Capture(model)
@@ -244,7 +245,7 @@ def _compare_features(
         _add(report, reference, f"neck_l{level}_first16ch", feature[0, :16], ENCODER_ATOL * scale)
 
 
-def _compare_encoder(report: ParityReport, reference: Mapping, output, scale: float) -> None:  # type: ignore[no-untyped-def]
+def _compare_encoder(report: ParityReport, reference: Mapping, output, scale: float) -> None:
     tol = ENCODER_ATOL * scale
     _add(
         report, reference, "temp_backbone_mask_prediction", output.foreground_logits[..., None], tol
@@ -268,7 +269,7 @@ def _compare_encoder(report: ParityReport, reference: Mapping, output, scale: fl
         )
 
 
-def _compare_decoder(report: ParityReport, reference: Mapping, output, official: bool) -> None:  # type: ignore[no-untyped-def]
+def _compare_decoder(report: ParityReport, reference: Mapping, output, official: bool) -> None:
     logits_tol = 1e-2 if official else DECODER_ATOL
     boxes_tol = 1e-3 if official else DECODER_ATOL
     _add(report, reference, "init_reference", output.initial_references, boxes_tol)

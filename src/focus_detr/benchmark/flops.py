@@ -86,7 +86,7 @@ class _Counter(TorchDispatchMode):
     def exit(self, name: str) -> None:
         self.stages.pop()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         stage = self.stages[-1]

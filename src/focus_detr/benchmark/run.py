@@ -69,12 +69,13 @@ class BenchmarkReport:
     variants: list[VariantResult]
 
     def to_json(self) -> str:
-        data = {"settings": asdict(self.settings), "machine": self.machine, "variants": []}
+        variants: list[dict[str, object]] = []
+        data = {"settings": asdict(self.settings), "machine": self.machine, "variants": variants}
         for variant in self.variants:
             entry = asdict(variant)
             entry["median_s"] = variant.median_s
             entry["gflops_total"] = sum(variant.gflops.values())
-            data["variants"].append(entry)
+            variants.append(entry)
         return json.dumps(data, indent=2)
 
 
@@ -171,8 +172,7 @@ def _measure_variant(
     latency = measure_latency(forward, device, warmup=settings.warmup, repeats=settings.runs)
     result.latency_s = latency.runs
     result.stage_s = stage_latency(forward, device, repeats=max(1, min(3, settings.runs)))
-    memory = peak_memory(forward, device)
-    result.peak_memory_mb = None if memory is None else memory / 2**20
+    result.peak_memory_mb = peak_memory(forward, device) / 2**20
     if settings.train_step:
         _measure_training(model, images, result, settings, device, dtype)
     return result
@@ -223,7 +223,7 @@ def _measure_training(
     finally:
         model.eval()
     result.train_step_s = latency.runs
-    result.train_peak_memory_mb = None if memory is None else memory / 2**20
+    result.train_peak_memory_mb = memory / 2**20
 
 
 def format_report(report: BenchmarkReport) -> str:
@@ -263,16 +263,17 @@ def format_report(report: BenchmarkReport) -> str:
     dense = variants[-1]
     lines.append("")
     for variant in variants[:-1]:
-        ratio_flops = variant.gflops.get("encoder", 0.0) / max(
-            dense.gflops.get("encoder", 0.0), 1e-12
-        )
-        ratio_time = variant.stage_s.get("encoder", 0.0) / max(
-            dense.stage_s.get("encoder", 0.0), 1e-12
-        )
-        lines.append(
-            f"{variant.name} vs dense: encoder FLOPs x{ratio_flops:.3f}, encoder time "
-            f"x{ratio_time:.3f}, end-to-end time x{variant.median_s / dense.median_s:.3f}"
-        )
+        parts = []
+        if dense.gflops:
+            flops = variant.gflops.get("encoder", 0.0) / max(dense.gflops["encoder"], 1e-12)
+            parts.append(f"encoder FLOPs x{flops:.3f}")
+        time_ratio = variant.stage_s.get("encoder", 0.0) / max(dense.stage_s["encoder"], 1e-12)
+        parts.append(f"encoder time x{time_ratio:.3f}")
+        parts.append(f"end-to-end time x{variant.median_s / dense.median_s:.3f}")
+        if variant.train_step_s and dense.train_step_s:
+            train_ratio = Latency(variant.train_step_s).median / Latency(dense.train_step_s).median
+            parts.append(f"training step x{train_ratio:.3f}")
+        lines.append(f"{variant.name} vs dense: " + ", ".join(parts))
     return "\n".join(lines)
 
 

@@ -7,7 +7,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -87,9 +86,13 @@ def stage_latency(
     return {name: statistics.median(values) for name, values in per_run.items()}
 
 
-def peak_memory(run: Callable[[], object], device: torch.device) -> float | None:
-    """Peak memory in bytes during ``run()``: allocated CUDA memory, or the CPU process's
-    resident set growth (Linux); None when it cannot be measured."""
+def peak_memory(run: Callable[[], object], device: torch.device) -> float:
+    """Peak bytes of live tensors during ``run()`` above what was live before it.
+
+    CUDA: the caching allocator's peak. CPU: the running sum of the allocations and frees the
+    PyTorch profiler records (deterministic, unlike the process's resident set, which
+    reflects what the C allocator kept from earlier runs).
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -97,23 +100,12 @@ def peak_memory(run: Callable[[], object], device: torch.device) -> float | None
         run()
         torch.cuda.synchronize(device)
         return float(torch.cuda.max_memory_allocated(device) - baseline)
-    status = Path("/proc/self/status")
-    if not status.exists():
-        return None
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set size
-    except OSError:
-        return None
-    baseline = _read_kib(status, "VmRSS:")
-    run()
-    peak = _read_kib(status, "VmHWM:")
-    if baseline is None or peak is None:
-        return None
-    return float(max(0, peak - baseline) * 1024)
+    from torch.profiler import ProfilerActivity, profile
 
-
-def _read_kib(status: Path, field: str) -> int | None:
-    for line in status.read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    return None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        run()
+    live = peak = 0
+    for event in sorted(profiler.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return float(peak)

@@ -222,7 +222,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _write_split(split: str, folder: Path, count: int, settings: _Settings) -> dict[str, Any]:
     """Draw and save ``count`` images; returns the split's COCO dictionary."""
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index in range(count):
         rng = np.random.default_rng(
             np.random.SeedSequence(settings.seed % 2**63, spawn_key=(_SPLITS[split], index))
@@ -307,7 +308,8 @@ def _smooth_noise(
         0, 256, size=(height // cell + 2, width // cell + 2, channels), dtype=np.uint8
     )
     image = PIL.Image.fromarray(grid[:, :, 0] if channels == 1 else grid)
-    smooth = np.asarray(image.resize((width, height), PIL.Image.BILINEAR)).astype(np.int16) - 128
+    resized = image.resize((width, height), PIL.Image.Resampling.BILINEAR)
+    smooth = np.asarray(resized).astype(np.int16) - 128
     return smooth[:, :, None] if channels == 1 else smooth
 
 

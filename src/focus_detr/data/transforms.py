@@ -79,7 +79,7 @@ def resize_image(image: Tensor, height: int, width: int) -> Tensor:
         # Planes go through PIL's merge/split: much cheaper than permuted tensor copies.
         planes = [PIL.Image.fromarray(plane) for plane in image.numpy()]
         pil_image = planes[0] if len(planes) == 1 else PIL.Image.merge("RGB", planes)
-        resized = pil_image.resize((width, height), PIL.Image.BILINEAR)
+        resized = pil_image.resize((width, height), PIL.Image.Resampling.BILINEAR)
         return torch.from_numpy(np.stack([np.asarray(plane) for plane in resized.split()]))
     return F.resize(
         image, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True
@@ -127,7 +127,7 @@ class ResizeShortestEdge(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         height, width = params["size"]
         if isinstance(inpt, PIL.Image.Image):
-            return inpt.resize((width, height), PIL.Image.BILINEAR)
+            return inpt.resize((width, height), PIL.Image.Resampling.BILINEAR)
         if isinstance(inpt, tv_tensors.Image):
             return tv_tensors.wrap(resize_image(inpt.as_subclass(Tensor), height, width), like=inpt)
         if isinstance(inpt, tv_tensors.BoundingBoxes):

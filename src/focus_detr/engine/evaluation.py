@@ -224,7 +224,8 @@ def _clean_results(
             }
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"result {index} is not a COCO detection: {result!r}") from error
-        if len(bbox) != 4 or not all(math.isfinite(v) for v in [*bbox, item["score"]]):
+        values = [*bbox, float(result["score"])]
+        if len(bbox) != 4 or not all(math.isfinite(float(v)) for v in values):
             raise ValueError(f"result {index} has a bad bbox or score: {result!r}")
         if item["image_id"] not in known_images:
             raise ValueError(f"result {index} is for image {item['image_id']}, unknown to the GT")

@@ -9,7 +9,7 @@ solved image by image with :func:`scipy.optimize.linear_sum_assignment` on the C
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -58,7 +58,9 @@ class HungarianMatcher:
             f"cost_giou={self.cost_giou}, alpha={self.alpha}, gamma={self.gamma})"
         )
 
-    def cost_matrix(self, logits: Tensor, boxes: Tensor, targets: Sequence[dict]) -> Tensor:
+    def cost_matrix(
+        self, logits: Tensor, boxes: Tensor, targets: Sequence[Mapping[str, Tensor]]
+    ) -> Tensor:
         """Matching cost of every query of the batch against every target of the batch.
 
         Args:
@@ -96,7 +98,7 @@ class HungarianMatcher:
         self,
         logits: Tensor,
         boxes: Tensor,
-        targets: Sequence[dict],
+        targets: Sequence[Mapping[str, Tensor]],
         query_mask: Tensor | None = None,
     ) -> MatchIndices:
         """Match the queries of every image to its targets.
@@ -154,7 +156,10 @@ def _empty_match() -> tuple[Tensor, Tensor]:
 
 
 def _check_inputs(
-    logits: Tensor, boxes: Tensor, targets: Sequence[dict], query_mask: Tensor | None
+    logits: Tensor,
+    boxes: Tensor,
+    targets: Sequence[Mapping[str, Tensor]],
+    query_mask: Tensor | None,
 ) -> None:
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, Q, C], got {tuple(logits.shape)}")

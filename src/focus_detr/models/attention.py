@@ -79,7 +79,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        return self.dropout(self.linear2(self.dropout(F.relu_(self.linear1(x)))))
 
 
 class MLP(nn.Module):
@@ -94,5 +94,5 @@ class MLP(nn.Module):
         for index, layer in enumerate(self.layers):
             x = layer(x)
             if index < len(self.layers) - 1:
-                x = F.relu(x)
+                x = F.relu_(x)
         return x

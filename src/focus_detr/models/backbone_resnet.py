@@ -22,6 +22,11 @@ _STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed statistics and affine parameters (all buffers, as in detectron2)."""
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
@@ -65,7 +70,7 @@ class ConvNorm(nn.Conv2d):
         )
         self.norm = _norm(norm, out_channels)
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:
         if isinstance(self.norm, FrozenBatchNorm2d) and not torch.is_grad_enabled():
             # inference: fold the frozen affine normalisation into the convolution
             scale = self.norm.weight * (self.norm.running_var + self.norm.eps).rsqrt()
@@ -92,11 +97,12 @@ class BottleneckBlock(nn.Module):
         self.conv3 = ConvNorm(bottleneck, out_channels, 1, 1, norm)
 
     def forward(self, x: Tensor, valid_sizes: Tensor | None) -> Tensor:
-        out = F.relu(self.conv1(x))
-        out = F.relu(self.conv2(zero_padding(out, valid_sizes)))
+        out = F.relu_(self.conv1(x))
+        out = F.relu_(self.conv2(zero_padding(out, valid_sizes)))
         out = self.conv3(out)
         shortcut = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + shortcut)
+        # in place: neither the convolutions' nor the norms' backward needs these outputs
+        return F.relu_(out.add_(shortcut))
 
 
 class BasicBlock(nn.Module):
@@ -116,10 +122,10 @@ class BasicBlock(nn.Module):
         self.conv2 = ConvNorm(out_channels, out_channels, 3, 1, norm)
 
     def forward(self, x: Tensor, valid_sizes: Tensor | None) -> Tensor:
-        out = F.relu(self.conv1(zero_padding(x, valid_sizes)))
+        out = F.relu_(self.conv1(zero_padding(x, valid_sizes)))
         out = self.conv2(zero_padding(out, optional_valid_sizes(valid_sizes, self.conv1.stride[0])))
         shortcut = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + shortcut)
+        return F.relu_(out.add_(shortcut))
 
 
 class Stem(nn.Module):
@@ -130,7 +136,7 @@ class Stem(nn.Module):
         self.conv1 = ConvNorm(3, out_channels, 7, 2, norm)
 
     def forward(self, x: Tensor, image_sizes: Tensor | None) -> Tensor:
-        x = F.relu(self.conv1(x))
+        x = F.relu_(self.conv1(x))
         # After ReLU every value is >= 0, so zeros in the padding never win the max over a
         # window that holds a valid position: the same as the lone image's -inf padding.
         x = zero_padding(x, optional_valid_sizes(image_sizes, 2))

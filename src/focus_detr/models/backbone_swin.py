@@ -113,7 +113,8 @@ class SwinStage(nn.Module):
             assert valid_sizes is not None
             padding_mask = padding_mask_from_sizes(valid_sizes, height, width)
         shifted_mask = self._shifted_attention_mask(features, valid_sizes, padding_mask)
-        for block in self.blocks:
+        blocks: list[SwinBlock] = list(self.blocks)  # type: ignore[arg-type]
+        for block in blocks:
             mask = shifted_mask if block.shift_size > 0 else None
             features = block(features, padding_mask, mask)
         if self.downsample is None:

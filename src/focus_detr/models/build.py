@@ -9,6 +9,7 @@ from torch import nn
 
 from focus_detr.config import ModelConfig
 from focus_detr.models.backbone_resnet import ResNet
+from focus_detr.models.backbone_swin import SwinTransformer, swin_config
 from focus_detr.models.decoder import Decoder
 from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
 from focus_detr.models.detector import FocusDETR
@@ -17,11 +18,9 @@ from focus_detr.models.neck import ChannelMapper
 from focus_detr.presets import get_preset
 
 
-def build_backbone(config: ModelConfig) -> nn.Module:
+def build_backbone(config: ModelConfig) -> ResNet | SwinTransformer:
     """The backbone named by ``config.backbone`` (randomly initialised)."""
     if config.is_swin:
-        from focus_detr.models.backbone_swin import SwinTransformer, swin_config
-
         return SwinTransformer(
             **swin_config(config.backbone),
             window_size=config.swin_window_size,
@@ -59,7 +58,7 @@ def build_model(
         model = model.to(dtype)
     if device is not None:
         model = model.to(device)
-    model.config = config  # type: ignore[assignment]
+    model.config = config
     return model
 
 
@@ -71,7 +70,18 @@ def _assemble(config: ModelConfig) -> FocusDETR:
         out_channels=config.embed_dim,
         num_levels=config.num_levels,
     )
-    layer_settings = dict(
+    encoder = FocusEncoder(
+        config.num_encoder_layers,
+        embed_dim=config.embed_dim,
+        num_heads=config.num_heads,
+        num_levels=config.num_levels,
+        num_points=config.num_points,
+        feedforward_dim=config.feedforward_dim,
+        dropout=config.dropout,
+        num_dual_attention_tokens=config.num_dual_attention_tokens,
+    )
+    decoder = Decoder(
+        config.num_decoder_layers,
         embed_dim=config.embed_dim,
         num_heads=config.num_heads,
         num_levels=config.num_levels,
@@ -79,12 +89,6 @@ def _assemble(config: ModelConfig) -> FocusDETR:
         feedforward_dim=config.feedforward_dim,
         dropout=config.dropout,
     )
-    encoder = FocusEncoder(
-        config.num_encoder_layers,
-        num_dual_attention_tokens=config.num_dual_attention_tokens,
-        **layer_settings,
-    )
-    decoder = Decoder(config.num_decoder_layers, **layer_settings)
     model = FocusDETR(
         backbone=backbone,
         neck=neck,
@@ -111,8 +115,14 @@ def _assemble(config: ModelConfig) -> FocusDETR:
 
 def _init_transformer(model: FocusDETR) -> None:
     """detrex's initialisation of the transformer part (xavier, then deformable-specific)."""
-    for module in (model.encoder, model.decoder, model.token_projection, model.foreground_scorer):
-        for parameter in module.parameters():
+    parts: tuple[nn.Module, ...] = (
+        model.encoder,
+        model.decoder,
+        model.token_projection,
+        model.foreground_scorer,
+    )
+    for part in parts:
+        for parameter in part.parameters():
             if parameter.dim() > 1:
                 nn.init.xavier_uniform_(parameter)
     for module in model.modules():

@@ -10,12 +10,16 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from focus_detr.config import ModelConfig
 from focus_detr.models.attention import MLP
+from focus_detr.models.backbone_resnet import ResNet
+from focus_detr.models.backbone_swin import SwinTransformer
 from focus_detr.models.decoder import Decoder, DecoderMemory
 from focus_detr.models.denoising import build_denoising_queries
 from focus_detr.models.focus_encoder import EncoderInputs, FocusEncoder
 from focus_detr.models.foreground import ForegroundScorer
 from focus_detr.models.masking import zero_padding
+from focus_detr.models.neck import ChannelMapper
 from focus_detr.models.postprocess import postprocess
 from focus_detr.models.query_selection import (
     SelectedQueries,
@@ -51,11 +55,17 @@ class FocusDETR(nn.Module):
     attributes: change them with :meth:`set_keep_ratio` at any time.
     """
 
+    backbone: ResNet | SwinTransformer
+    neck: ChannelMapper
+    encoder: FocusEncoder
+    decoder: Decoder
+    config: ModelConfig
+
     def __init__(
         self,
         *,
-        backbone: nn.Module,
-        neck: nn.Module,
+        backbone: ResNet | SwinTransformer,
+        neck: ChannelMapper,
         encoder: FocusEncoder,
         decoder: Decoder,
         num_classes: int,

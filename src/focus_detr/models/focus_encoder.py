@@ -142,9 +142,31 @@ def token_budgets(valid_counts: Tensor, keep_ratio: float, cascade: tuple[float,
 class FocusEncoder(nn.Module):
     """A stack of :class:`FocusEncoderLayer` with foreground-based token selection."""
 
-    def __init__(self, num_layers: int, **layer_kwargs: int | float) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        *,
+        embed_dim: int,
+        num_heads: int,
+        num_levels: int,
+        num_points: int,
+        feedforward_dim: int,
+        dropout: float,
+        num_dual_attention_tokens: int,
+    ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(FocusEncoderLayer(**layer_kwargs) for _ in range(num_layers))  # type: ignore[arg-type]
+        self.layers = nn.ModuleList(
+            FocusEncoderLayer(
+                embed_dim,
+                num_heads,
+                num_levels,
+                num_points,
+                feedforward_dim,
+                dropout,
+                num_dual_attention_tokens,
+            )
+            for _ in range(num_layers)
+        )
 
     def forward(
         self,
@@ -175,7 +197,8 @@ class FocusEncoder(nn.Module):
         memory = features if torch.is_grad_enabled() else features.clone()
         trace = EncoderTrace(token_counts=budgets)
         dual_counts_per_layer = []
-        for layer_index, layer in enumerate(self.layers):
+        layers: list[FocusEncoderLayer] = list(self.layers)  # type: ignore[arg-type]
+        for layer_index, layer in enumerate(layers):
             counts = budgets[:, layer_index]
             width = int(counts.max())
             if ranked is None or width == 0:

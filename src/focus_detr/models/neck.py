@@ -25,6 +25,7 @@ class ConvGroupNorm(nn.Module):
         )
         self.norm = nn.GroupNorm(groups, out_channels)
         nn.init.xavier_uniform_(self.conv.weight)
+        assert self.conv.bias is not None
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: Tensor, valid_sizes: Tensor | None) -> Tensor:

@@ -96,11 +96,11 @@ def select_queries(
     """Score every token with the two-stage heads and keep the top ``num_queries`` per image.
 
     Ranking is by the largest class logit; padding tokens never rank (invalid-proposal tokens
-    of the image do, as in the released models).
+    of the image do, as in the released models). The box head, a per-token MLP, runs on the
+    chosen tokens only.
     """
     batch, num_tokens, dim = projected_memory.shape
     logits = class_head(projected_memory)
-    box_logits = box_head(projected_memory) + proposals.box_logits
     ranking = logits.max(dim=-1).values.detach()
     valid_counts = torch.full((batch,), num_tokens, device=logits.device)
     if padding_mask is not None:
@@ -110,10 +110,14 @@ def select_queries(
     token_indices = ranking.topk(count, dim=1).indices
     query_mask = torch.arange(count, device=logits.device)[None, :] < valid_counts[:, None]
     num_classes = logits.shape[-1]
+    hidden = projected_memory.gather(1, token_indices[..., None].expand(batch, count, dim))
+    proposal_logits = proposals.box_logits.gather(
+        1, token_indices[..., None].expand(batch, count, 4)
+    )
     return SelectedQueries(
         token_indices=token_indices,
         query_mask=query_mask,
         logits=logits.gather(1, token_indices[..., None].expand(batch, count, num_classes)),
-        box_logits=box_logits.gather(1, token_indices[..., None].expand(batch, count, 4)),
-        hidden=projected_memory.gather(1, token_indices[..., None].expand(batch, count, dim)),
+        box_logits=box_head(hidden) + proposal_logits,
+        hidden=hidden,
     )

@@ -110,6 +110,8 @@ def outside_canvas_key_mask(
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows, with a learned relative position bias."""
 
+    relative_position_index: Tensor
+
     def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
         super().__init__()
         self.window_size = window_size
@@ -138,7 +140,8 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(windows).reshape(num_windows_total, num_tokens, 3, self.num_heads, head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B * nW, heads, N, d]
         logits = (query * self.scale) @ key.transpose(-2, -1)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        index = self.relative_position_index.view(-1)
+        bias = self.relative_position_bias_table[index]
         bias = bias.view(num_tokens, num_tokens, -1).permute(2, 0, 1).contiguous()
         logits = logits + bias.unsqueeze(0)
         if attention_mask is not None:

@@ -91,18 +91,28 @@ _BORDER_AFTER = 2
 
 
 def _bordered_values(value: Tensor, spatial_shapes: list[tuple[int, int]]) -> Tensor:
-    """``[B, S, heads, dim]`` -> the maps with zero borders, flattened ``[B, S', heads, dim]``."""
+    """``[B, S, heads, dim]`` -> the maps with zero borders, flattened ``[B, S', heads, dim]``.
+
+    One copy into a zero-initialised table (``torch.nn.functional.pad`` + ``cat`` would copy
+    twice); differentiable.
+    """
     batch, _, num_heads, head_dim = value.shape
-    pieces = []
-    start = 0
-    pad = (0, 0, 0, 0, _BORDER_BEFORE, _BORDER_AFTER, _BORDER_BEFORE, _BORDER_AFTER)
+    border = _BORDER_BEFORE + _BORDER_AFTER
+    total = sum((h + border) * (w + border) for h, w in spatial_shapes)
+    table = value.new_zeros(batch, total, num_heads, head_dim)
+    source = target = 0
     for height, width in spatial_shapes:
-        level = value[:, start : start + height * width].view(
+        level = value[:, source : source + height * width].view(
             batch, height, width, num_heads, head_dim
         )
-        pieces.append(torch.nn.functional.pad(level, pad).flatten(1, 2))
-        start += height * width
-    return torch.cat(pieces, dim=1)
+        padded = table[:, target : target + (height + border) * (width + border)].view(
+            batch, height + border, width + border, num_heads, head_dim
+        )
+        inner = padded[:, _BORDER_BEFORE : _BORDER_BEFORE + height]
+        inner[:, :, _BORDER_BEFORE : _BORDER_BEFORE + width] = level
+        source += height * width
+        target += (height + border) * (width + border)
+    return table
 
 
 def bilinear_corner_indices_and_weights(
@@ -115,14 +125,14 @@ def bilinear_corner_indices_and_weights(
 
     Returns two ``[batch * num_queries * num_heads, num_levels * num_points * 4]`` tensors
     (int32 rows into ``_bordered_values(...).reshape(-1, head_dim)``, weights with the
-    attention weight folded in).
+    attention weight folded in). Every full-size result is written once, in place.
     """
-    batch, num_queries, _, num_levels, _, _ = sampling_locations.shape
+    batch, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     device, dtype = sampling_locations.device, sampling_locations.dtype
-    sizes = torch.tensor(spatial_shapes, device=device)
+    sizes = torch.tensor(spatial_shapes, device=device, dtype=torch.int32)
     padded = sizes + (_BORDER_BEFORE + _BORDER_AFTER)
     areas = padded.prod(dim=1)
-    starts = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1]))
+    starts = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1].to(torch.int32)))
     total = int(areas.sum())
     heights = sizes[:, 0].to(dtype).view(1, 1, 1, num_levels, 1)
     widths = sizes[:, 1].to(dtype).view(1, 1, 1, num_levels, 1)
@@ -131,36 +141,44 @@ def bilinear_corner_indices_and_weights(
     wx1 = wx1 * attention_weights
     wx0 = attention_weights - wx1
     wy0 = 1 - wy1
+    shape = (batch, num_queries, num_heads, num_levels, num_points, 4)
     # corners ordered (x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)
-    weights = torch.stack((wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1), dim=-1)
-    # row of (batch b, token t, head h) is (b * S' + t) * heads + h
+    if torch.is_grad_enabled() and (wx1.requires_grad or wy1.requires_grad):
+        weights = torch.stack((wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1), dim=-1)
+    else:  # the same values, written in place (no stacked temporaries)
+        weights = torch.empty(shape, device=device, dtype=dtype)
+        torch.mul(wy0, wx0, out=weights[..., 0])
+        torch.mul(wy0, wx1, out=weights[..., 1])
+        torch.mul(wy1, wx0, out=weights[..., 2])
+        torch.mul(wy1, wx1, out=weights[..., 3])
+    # row of (batch b, token t, head h) is (b * S' + t) * heads + h, in int32
     padded_width = padded[:, 1].view(1, 1, 1, num_levels, 1)
     base = (
-        torch.arange(batch, device=device).view(batch, 1, 1, 1, 1) * (total * num_heads)
-        + torch.arange(num_heads, device=device).view(1, 1, num_heads, 1, 1)
-        + starts.view(1, 1, 1, num_levels, 1) * num_heads
+        torch.arange(batch, device=device, dtype=torch.int32).view(batch, 1, 1, 1, 1)
+        * (total * num_heads)
+        + torch.arange(num_heads, device=device, dtype=torch.int32).view(1, 1, num_heads, 1, 1)
+        + (starts.view(1, 1, 1, num_levels, 1) + _BORDER_BEFORE * (padded_width + 1)) * num_heads
     )
-    token = (y0 + _BORDER_BEFORE) * padded_width + (x0 + _BORDER_BEFORE)
-    row00 = (base + token * num_heads).to(torch.int32)
+    row00 = (y0 * padded_width).add_(x0).mul_(num_heads).add_(base)
     step_y = padded_width * num_heads
-    corner_offsets = torch.stack(
-        (torch.zeros_like(step_y), torch.full_like(step_y, num_heads), step_y, step_y + num_heads),
-        dim=-1,
-    ).to(torch.int32)
-    rows = row00.unsqueeze(-1) + corner_offsets
+    rows = torch.empty(shape, device=device, dtype=torch.int32)
+    rows[..., 0] = row00
+    torch.add(row00, num_heads, out=rows[..., 1])
+    torch.add(row00, step_y, out=rows[..., 2])
+    torch.add(rows[..., 2], num_heads, out=rows[..., 3])
     bags = batch * num_queries * num_heads
-    return rows.reshape(bags, -1), weights.reshape(bags, -1)
+    return rows.view(bags, -1), weights.view(bags, -1)
 
 
 def _axis(normalised: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
-    """Integer low neighbour and the high neighbour's weight along one axis.
+    """Integer (int32) low neighbour and the high neighbour's weight along one axis.
 
     Pixel coordinates follow align_corners=False; they are clamped to [-1, size], where every
     neighbour lies in the zero border when the sample is outside the map.
     """
-    pixel = (normalised * size - 0.5).clamp(min=-1.0).minimum(size)
+    pixel = torch.minimum((normalised * size - 0.5).clamp(min=-1.0), size)
     low = pixel.floor()
-    return low.long(), pixel - low
+    return low.to(torch.int32), pixel - low
 
 
 def deformable_attention_gather(
