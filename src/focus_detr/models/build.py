@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -62,6 +63,17 @@ def build_model(
     return model
 
 
+class _LayerSettings(TypedDict):
+    """Settings shared by the encoder and decoder layers."""
+
+    embed_dim: int
+    num_heads: int
+    num_levels: int
+    num_points: int
+    feedforward_dim: int
+    dropout: float
+
+
 def _assemble(config: ModelConfig) -> FocusDETR:
     backbone = build_backbone(config)
     neck = ChannelMapper(
@@ -70,25 +82,20 @@ def _assemble(config: ModelConfig) -> FocusDETR:
         out_channels=config.embed_dim,
         num_levels=config.num_levels,
     )
+    layers = _LayerSettings(
+        embed_dim=config.embed_dim,
+        num_heads=config.num_heads,
+        num_levels=config.num_levels,
+        num_points=config.num_points,
+        feedforward_dim=config.feedforward_dim,
+        dropout=config.dropout,
+    )
     encoder = FocusEncoder(
         config.num_encoder_layers,
-        embed_dim=config.embed_dim,
-        num_heads=config.num_heads,
-        num_levels=config.num_levels,
-        num_points=config.num_points,
-        feedforward_dim=config.feedforward_dim,
-        dropout=config.dropout,
         num_dual_attention_tokens=config.num_dual_attention_tokens,
+        **layers,
     )
-    decoder = Decoder(
-        config.num_decoder_layers,
-        embed_dim=config.embed_dim,
-        num_heads=config.num_heads,
-        num_levels=config.num_levels,
-        num_points=config.num_points,
-        feedforward_dim=config.feedforward_dim,
-        dropout=config.dropout,
-    )
+    decoder = Decoder(config.num_decoder_layers, **layers)
     model = FocusDETR(
         backbone=backbone,
         neck=neck,
