@@ -24,6 +24,29 @@ def test_preset_loads_detrex_state_dict_strictly(name: str) -> None:
     unique_parameters = sum(p.numel() for p in model.parameters())
     assert unique_parameters == manifest["num_params"]
     assert all(float(p.detach().flatten()[0]) == 0.5 for p in model.parameters())
+    assert model.test_size == (800, 1333)  # the COCO recipes' test resize
+
+
+def test_predictor_resizes_to_the_recipe_of_the_model() -> None:
+    from focus_detr.inference import Predictor, recipe_test_size
+
+    tiny = focus_detr.build_model("focus_detr_tiny")
+    recipe = get_preset("focus_detr_tiny").config.train
+    assert tiny.test_size == (recipe.test_min_size, recipe.test_max_size) != (800, 1333)
+    image = torch.zeros(3, 300, 900, dtype=torch.uint8)
+    predictor = Predictor(tiny)
+    assert tuple(predictor._resize(image).shape[-2:]) == (
+        round(300 * recipe.test_max_size / 900),
+        recipe.test_max_size,
+    )
+    # an explicit short side keeps the recipe's long/short cap ratio unless a limit is given
+    assert Predictor(tiny, min_size=800).max_size == round(
+        800 * recipe.test_max_size / recipe.test_min_size
+    )
+    assert Predictor(tiny, min_size=800, max_size=900).max_size == 900
+    assert recipe_test_size(None) == (800, 1333)
+    assert recipe_test_size({"train": {"test_min_size": 64, "test_max_size": 96}}, "x") == (64, 96)
+    assert recipe_test_size({}, "focus_detr_tiny") == tiny.test_size
 
 
 def test_zoo_table() -> None:

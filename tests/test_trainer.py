@@ -228,7 +228,7 @@ def test_fp16_on_cpu_is_an_error(synthetic, tmp_path):
 
 def test_outputs_of_a_short_run(synthetic, tmp_path: Path):
     from focus_detr.engine.metrics_log import read_metrics
-    from focus_detr.inference import load_model
+    from focus_detr.inference import Predictor, load_model
 
     config = tiny_recipe(checkpoint_every_iters=1, log_every_iters=2)
     dataset = train_set(synthetic, config)
@@ -253,6 +253,17 @@ def test_outputs_of_a_short_run(synthetic, tmp_path: Path):
     )
     model, categories = load_model(tmp_path / "model_final.pth")
     assert categories.names[0] == "circle" and model.num_classes == 8
+    # the test resize of the recipe travels with the checkpoint: predicting uses it
+    assert model.test_size == (80, 112) == result_model_size(tmp_path)
+    predictor = Predictor(model)
+    assert (predictor.min_size, predictor.max_size) == (80, 112)
+    image = torch.zeros(3, 200, 400, dtype=torch.uint8)
+    assert tuple(predictor._resize(image).shape[-2:]) == (56, 112)
+
+
+def result_model_size(folder: Path) -> tuple[int, int]:
+    stored = torch.load(folder / "model_final.pth", weights_only=True)["config"]["train"]
+    return stored["test_min_size"], stored["test_max_size"]
 
 
 def test_periodic_and_final_evaluation_are_logged(synthetic, tmp_path):

@@ -45,8 +45,10 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=_default_device(), help="cpu or cuda")
     parser.add_argument("--keep-ratio", type=float, help="encoder keep ratio (default: model's)")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--min-size", type=int, default=800, help="short side after resizing")
-    parser.add_argument("--max-size", type=int, default=1333, help="long side limit")
+    parser.add_argument(
+        "--min-size", type=int, help="short side after resizing (default: the model's recipe)"
+    )
+    parser.add_argument("--max-size", type=int, help="long side limit (default: the recipe's)")
     parser.set_defaults(run=_run_predict)
 
 
@@ -62,7 +64,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     )
     run = predict_files(predictor, categories, args.inputs, args.out, threshold=args.threshold)
     print(
-        f"{run.num_images} images, {run.num_detections} detections >= {args.threshold} -> "
+        f"{run.num_images} images (short side {predictor.min_size}, long side <= "
+        f"{predictor.max_size}), {run.num_detections} detections >= {args.threshold} -> "
         f"{run.results_path}"
     )
     if run.failed:
@@ -93,19 +96,21 @@ def _run_parity(args: argparse.Namespace) -> int:
 
     import focus_detr
     from focus_detr.parity import (
-        CONFIG_PRESETS,
         compare_with_reference,
+        preset_for_config,
         read_manifest,
         synthesize_state_dict,
     )
 
     reference = dict(np.load(args.fixture))
-    preset = args.preset or CONFIG_PRESETS.get(str(reference.get("config", "")))
+    manifest = read_manifest(args.manifest)
+    preset = args.preset or preset_for_config(reference.get("config"), manifest.get("config"))
     if preset is None:
         print("error: cannot tell the preset from the fixture; pass --preset", file=sys.stderr)
         return 2
     model = focus_detr.build_model(preset, dtype=torch.float64).eval()
-    focus_detr.load_checkpoint(model, synthesize_state_dict(read_manifest(args.manifest)))
+    focus_detr.load_checkpoint(model, synthesize_state_dict(manifest))
+    print(f"preset {preset}, fixture {args.fixture}")
     report = compare_with_reference(model, reference)
     print(report.format())
     print("PASSED" if report.passed else f"FAILED: {len(report.failures())} arrays differ")

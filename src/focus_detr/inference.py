@@ -65,11 +65,30 @@ def load_model(
         load_checkpoint(model, checkpoint)
     if keep_ratio is not None:
         model.set_keep_ratio(keep_ratio)
+    model.test_size = recipe_test_size(
+        checkpoint.metadata.get("config") if checkpoint is not None else None, preset
+    )
     model = model.to(device).eval()
     categories = Categories.from_metadata(
         checkpoint.metadata.get("categories") if checkpoint else None, config.num_classes
     )
     return model, categories
+
+
+def recipe_test_size(stored_config: object, preset: str | None = None) -> tuple[int, int]:
+    """The test resize (short side, long-side limit) a model was trained for.
+
+    From the training recipe a focus-detr checkpoint records (``stored_config``, the
+    checkpoint's ``config`` entry), else from ``preset``'s recipe, else detectron2's 800/1333
+    (what the detrex releases were evaluated with).
+    """
+    train = stored_config.get("train") if isinstance(stored_config, Mapping) else None
+    if isinstance(train, Mapping) and "test_min_size" in train:
+        return int(train["test_min_size"]), int(train.get("test_max_size", 1333))
+    if preset is not None:
+        recipe = get_preset(preset).config.train
+        return recipe.test_min_size, recipe.test_max_size
+    return 800, 1333
 
 
 def _model_config(checkpoint, preset: str | None) -> ModelConfig:
@@ -91,24 +110,29 @@ class Predictor:
     """Detect objects in images of any size with detectron2's test-time resizing.
 
     Each image is resized so that its short side is ``min_size`` (long side at most
-    ``max_size``), run through the model in batches of ``batch_size`` (results do not depend on
-    the batch), and its boxes are scaled back to the original pixels and clipped.
+    ``max_size``; both default to ``model.test_size``, the resize of the model's training
+    recipe), run through the model in batches of ``batch_size`` (results do not depend on the
+    batch), and its boxes are scaled back to the original pixels and clipped.
     """
 
     def __init__(
         self,
         model: FocusDETR,
         *,
-        min_size: int = 800,
-        max_size: int = 1333,
+        min_size: int | None = None,
+        max_size: int | None = None,
         batch_size: int = 1,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.model = model
-        self.min_size = min_size
-        self.max_size = max_size
+        default_min, default_max = getattr(model, "test_size", (800, 1333))
+        self.min_size = int(min_size or default_min)
+        # a short side without a limit keeps the recipe's aspect cap (800 -> 1333)
+        self.max_size = int(
+            max_size or max(default_max, round(self.min_size * default_max / default_min))
+        )
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
 

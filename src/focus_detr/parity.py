@@ -36,9 +36,32 @@ CONFIG_PRESETS = {
     "focus_detr_swin_large_384": "focus_detr_swin_large_384_4scale_22k_36ep",
 }
 
+# upstream config files whose zoo row is named differently here
+UPSTREAM_CONFIG_PRESETS = {
+    "focus_detr_swin_base_384_4scale_36ep": "focus_detr_swin_base_384_4scale_22k_36ep",
+    "focus_detr_swin_large_384_4scale_36ep": "focus_detr_swin_large_384_4scale_22k_36ep",
+}
+
 ENCODER_ATOL = 1e-10
 DECODER_ATOL = 1e-8
 PIXEL_ATOL = 1e-6
+
+
+def preset_for_config(*configs: object) -> str | None:
+    """The preset of the first recognised config name: a preset name, an upstream config file
+    (``.../focus_detr_r50_4scale_24ep.py``) or a manifest's model config
+    (``focus_detr_swin_tiny_224``); None when none is known."""
+    from focus_detr.presets import preset_names
+
+    known = set(preset_names())
+    for config in configs:
+        name = Path(str(config)).name.removesuffix(".py") if config is not None else ""
+        if name in known:
+            return name
+        found = UPSTREAM_CONFIG_PRESETS.get(name) or CONFIG_PRESETS.get(name)
+        if found is not None:
+            return found
+    return None
 
 
 def read_manifest(path: str | Path) -> dict:

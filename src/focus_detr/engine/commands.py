@@ -328,14 +328,7 @@ def _evaluation_split(root: str, split: str | None) -> SplitFiles:
 
 def _test_sizes(args: argparse.Namespace, stored_config: object) -> tuple[int, int]:
     """Test resize: the options, else the checkpoint's recipe, else the preset's, else 800/1333."""
-    from focus_detr.presets import get_preset
+    from focus_detr.inference import recipe_test_size
 
-    min_size, max_size = 800, 1333
-    train_values = stored_config.get("train") if isinstance(stored_config, dict) else None
-    if isinstance(train_values, dict) and "test_min_size" in train_values:
-        min_size = int(train_values["test_min_size"])
-        max_size = int(train_values.get("test_max_size", max_size))
-    elif args.preset is not None:
-        recipe = get_preset(args.preset).config.train
-        min_size, max_size = recipe.test_min_size, recipe.test_max_size
+    min_size, max_size = recipe_test_size(stored_config, args.preset)
     return args.min_size or min_size, args.max_size or max_size

@@ -161,6 +161,7 @@ class Trainer:
     def _build_model(self, backbone_weights: str | os.PathLike[str] | None) -> nn.Module:
         seed_everything(self.train_cfg.seed)  # identical initial weights on every process
         model = build_model(self.config.model)
+        model.test_size = (self.train_cfg.test_min_size, self.train_cfg.test_max_size)
         if backbone_weights is not None:
             report = load_backbone_weights(model, backbone_weights)
             self.log(report.summary())

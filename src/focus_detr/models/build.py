@@ -51,6 +51,7 @@ def build_model(
         device: where to put the model.
         overrides: model settings to change, e.g. ``num_classes=3`` or ``keep_ratio=0.3``.
     """
+    recipe = get_preset(preset).config.train if isinstance(preset, str) else None
     config = get_preset(preset).config.model if isinstance(preset, str) else preset
     if overrides:
         config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
@@ -60,6 +61,8 @@ def build_model(
     if device is not None:
         model = model.to(device)
     model.config = config
+    if recipe is not None:
+        model.test_size = (recipe.test_min_size, recipe.test_max_size)
     return model
 
 

@@ -53,6 +53,11 @@ class FocusDETR(nn.Module):
 
     ``keep_ratio`` and ``cascade`` (see :class:`~focus_detr.config.ModelConfig`) are plain
     attributes: change them with :meth:`set_keep_ratio` at any time.
+
+    ``test_size`` is the test-time resize the model's training recipe uses (short side, long-side
+    limit; 800/1333 for the COCO presets): :class:`~focus_detr.Predictor` and ``focus-detr
+    predict`` resize to it by default. :func:`focus_detr.build_model` sets it from the preset,
+    :func:`focus_detr.load_model` from the checkpoint's recipe.
     """
 
     backbone: ResNet | SwinTransformer
@@ -114,6 +119,7 @@ class FocusDETR(nn.Module):
         self.pixel_std = pixel_std
         self.keep_ratio = keep_ratio
         self.cascade = cascade
+        self.test_size: tuple[int, int] = (800, 1333)
         self._init_heads()
 
     def _init_heads(self) -> None:
