@@ -159,6 +159,35 @@ def test_evaluator_maps_boxes_back_to_the_original_images(synthetic):
     assert evaluation.num_images == len(dataset)
 
 
+class _SizeSpy(nn.Module):
+    """Finds nothing; remembers the (height, width) of every image it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, images):
+        self.seen += [tuple(size) for size in images.image_sizes.tolist()]
+        empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}
+        return [dict(empty) for _ in self.seen[-len(images.image_sizes) :]]
+
+
+def test_evaluator_resizes_like_the_models_recipe_by_default(synthetic):
+    dataset = val_set(synthetic)
+    spy = _SizeSpy()
+    spy.test_size = (96, 128)  # what build_model / load_model set from the recipe
+    evaluate(spy, dataset, batch_size=3)
+    assert len(spy.seen) == len(dataset)
+    for (height, width), original in zip(spy.seen, dataset._table.sizes.tolist()):
+        short, long = sorted((height, width))
+        assert short == 96 or long == 128, (height, width, original)
+        assert short <= 96 and long <= 128
+    spy.seen.clear()
+    evaluate(spy, dataset, batch_size=3, min_size=64, max_size=64)
+    assert max(max(size) for size in spy.seen) == 64
+
+
 def test_evaluator_equals_pycocotools_on_the_same_detections(synthetic, tmp_path):
     dataset = val_set(synthetic)
     oracle = _Oracle(_ground_truth_queue(dataset), noise=3.0, seed=1)

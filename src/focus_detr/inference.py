@@ -91,6 +91,19 @@ def recipe_test_size(stored_config: object, preset: str | None = None) -> tuple[
     return 800, 1333
 
 
+def resolve_test_size(
+    model: object, min_size: int | None = None, max_size: int | None = None
+) -> tuple[int, int]:
+    """The test resize to use: the given sizes, else the model's ``test_size`` (800/1333 for a
+    model without one). A short side given without a limit keeps the recipe's ratio of limit to
+    short side (at least the recipe's limit): 600 -> 1333 for the zoo, 800 -> 1333 for 192/320.
+    """
+    default_min, default_max = getattr(model, "test_size", (800, 1333))
+    short = int(min_size or default_min)
+    limit = max_size or max(default_max, round(short * default_max / default_min))
+    return short, int(limit)
+
+
 def _model_config(checkpoint, preset: str | None) -> ModelConfig:
     stored = checkpoint.metadata.get("config") if checkpoint is not None else None
     if preset is not None:
@@ -127,12 +140,7 @@ class Predictor:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.model = model
-        default_min, default_max = getattr(model, "test_size", (800, 1333))
-        self.min_size = int(min_size or default_min)
-        # a short side without a limit keeps the recipe's aspect cap (800 -> 1333)
-        self.max_size = int(
-            max_size or max(default_max, round(self.min_size * default_max / default_min))
-        )
+        self.min_size, self.max_size = resolve_test_size(model, min_size, max_size)
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
 

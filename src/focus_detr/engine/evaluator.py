@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,7 @@ from focus_detr.engine.evaluation import (
     to_coco_results,
     write_results_json,
 )
+from focus_detr.inference import resolve_test_size
 
 
 def evaluate(
@@ -36,8 +37,8 @@ def evaluate(
     *,
     batch_size: int = 1,
     device: torch.device | str | None = None,
-    min_size: int | None = 800,
-    max_size: int = 1333,
+    min_size: int | Literal["model"] | None = "model",
+    max_size: int | None = None,
     num_workers: int = 0,
     category_ids: Sequence[int] | None = None,
     per_class: bool = False,
@@ -55,7 +56,8 @@ def evaluate(
             resize unless ``min_size`` is None.
         batch_size: images per forward pass.
         device: where to run (the model is moved there; default: the model's device).
-        min_size / max_size: test resize; ``min_size=None`` keeps the dataset's transforms.
+        min_size / max_size: test resize; by default the model's ``test_size`` (its recipe's:
+            800/1333 for the zoo presets), ``min_size=None`` keeps the dataset's transforms.
         num_workers: loader processes.
         category_ids: label -> COCO category id (default ``dataset.category_ids``); detections
             of labels beyond it are dropped.
@@ -83,7 +85,7 @@ def evaluate(
         with torch.random.fork_rng(devices=_cuda_devices(device, core)):
             results = _detect(
                 core,
-                _with_test_transforms(dataset, min_size, max_size),
+                _with_test_transforms(dataset, _test_size(core, min_size, max_size)),
                 batch_size=batch_size,
                 device=torch.device(device) if device is not None else _model_device(core),
                 num_workers=num_workers,
@@ -185,14 +187,22 @@ def _score(
     return broadcast_object(evaluation)
 
 
-def _with_test_transforms(dataset: Any, min_size: int | None, max_size: int) -> Any:
-    """A shallow copy of ``dataset`` whose transforms are the test resize."""
+def _test_size(
+    model: nn.Module, min_size: int | Literal["model"] | None, max_size: int | None
+) -> tuple[int, int] | None:
     if min_size is None:
+        return None
+    return resolve_test_size(model, None if min_size == "model" else min_size, max_size)
+
+
+def _with_test_transforms(dataset: Any, size: tuple[int, int] | None) -> Any:
+    """A shallow copy of ``dataset`` whose transforms are the test resize ``size``."""
+    if size is None:
         return dataset
     if not hasattr(dataset, "transforms"):
         raise ValueError("the dataset has no 'transforms' attribute to set the test resize on")
     view = copy.copy(dataset)
-    view.transforms = build_test_transforms(min_size, max_size)
+    view.transforms = build_test_transforms(*size)
     return view
 
 
