@@ -143,8 +143,21 @@ def test_missing_and_garbage_files(tmp_path: Path) -> None:
         read_checkpoint(tmp_path / "nothing.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         read_checkpoint(garbage)
+    annotations = tmp_path / "instances_val.json"  # a common mix-up of --weights
+    annotations.write_text('{"images": []}')
+    with pytest.raises(CheckpointError, match=r"is not a PyTorch checkpoint.*starts with b'\{\"'"):
+        read_checkpoint(annotations)
+    truncated = tmp_path / "truncated.pth"
+    buffer = io.BytesIO()
+    torch.save({"model": {"w": torch.ones(3)}}, buffer)
+    truncated.write_bytes(buffer.getvalue()[:100])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(truncated)
+    legacy = tmp_path / "legacy.pth"  # the pre-zip torch.save format still loads
+    torch.save({"model": {"w": torch.ones(3)}}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(legacy).state_dict["w"], torch.ones(3))
     no_tensors = tmp_path / "empty.pth"
     torch.save({"iteration": 3}, no_tensors)
     with pytest.raises(CheckpointError, match="does not contain a state dict"):

@@ -136,3 +136,11 @@ def test_presets_command_lists_the_zoo(capsys) -> None:
     assert main(["presets"]) == 0
     listing = capsys.readouterr().out
     assert "focus_detr_swin_large_384_4scale_22k_36ep" in listing and "56.3" in listing
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(images, tmp_path, capsys) -> None:
+    arguments = ["predict", str(images["dog"]), "--preset", "focus_detr_tiny"]
+    arguments += ["--weights", str(images["dog"]), "--out", str(tmp_path), "--device", "cuda"]
+    assert main(arguments) == 2
+    assert "CUDA is not available" in capsys.readouterr().err

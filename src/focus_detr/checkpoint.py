@@ -141,6 +141,13 @@ def _load_file(path: Path) -> object:
         except ImportError as error:
             raise CheckpointError("reading .safetensors needs `pip install safetensors`") from error
         return load_file(str(path))
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if not (head.startswith(b"\x80") or head == b"PK"):  # neither a pickle nor torch's zip
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (expected a torch.save .pth/.pt file, a .zip "
+            f"holding one, or .safetensors; the file starts with {head!r})"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

@@ -203,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from focus_detr.checkpoint import CheckpointError
     from focus_detr.config import ConfigError
 
+    device = str(getattr(args, "device", None) or "")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"error: --device {device} asked for, but CUDA is not available here", file=sys.stderr
+        )
+        return 2
     try:
         return int(args.run(args))
     except (CheckpointError, ConfigError, FileNotFoundError, ValueError, KeyError) as error:
