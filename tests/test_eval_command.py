@@ -246,3 +246,21 @@ def test_train_without_data_uses_the_synthetic_quick_start(tmp_path, capsys):
     final = torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)
     assert final["config"]["model"]["backbone"] == "resnet18"  # the focus_detr_tiny preset
     assert [c["name"] for c in final["categories"]][:3] == ["circle", "square", "triangle"]
+
+
+def test_train_command_without_any_annotation_is_a_clear_error(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "train").mkdir()
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "train" / "a.png")
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (tmp_path / "annotations" / "instances_train.json").write_text(json.dumps(data))
+    arguments = ["train", "--preset", "focus_detr_tiny", "--data", str(tmp_path)]
+    assert main([*arguments, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "no training image has a usable annotation" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

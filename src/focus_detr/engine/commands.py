@@ -164,6 +164,11 @@ def _train(args: argparse.Namespace) -> int:
         build_train_transforms(config.train),
         filter_empty=config.train.filter_empty,
     )
+    if len(train_set) == 0:
+        raise ValueError(
+            f"{train_files.annotations}: no training image has a usable annotation "
+            "(images without objects are left out; --set train.filter_empty=False keeps them)"
+        )
     config = _replace(config, "model", num_classes=_num_classes(args, train_set.num_classes))
     val_set = None
     if val_files is not None:
