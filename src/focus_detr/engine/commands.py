@@ -295,15 +295,14 @@ def _eval(args: argparse.Namespace) -> int:
             device=context.device,
             keep_ratio=args.keep_ratio,
         )
-        min_size, max_size = _test_sizes(args, checkpoint.metadata.get("config"))
         dataset = CocoDetection(files.images, files.annotations, category_ids=categories.ids)
         evaluation = evaluate(
             model,
             dataset,
             batch_size=args.batch_size,
             device=context.device,
-            min_size=min_size,
-            max_size=max_size,
+            min_size=args.min_size or "model",  # load_model set the recipe's test size
+            max_size=args.max_size,
             num_workers=args.workers,
             category_ids=categories.ids,
             per_class=args.per_class,
@@ -329,11 +328,3 @@ def _evaluation_split(root: str, split: str | None) -> SplitFiles:
     raise FileNotFoundError(
         f"no annotations/instances_val2017.json or instances_val.json in {root}; use --split"
     )
-
-
-def _test_sizes(args: argparse.Namespace, stored_config: object) -> tuple[int, int]:
-    """Test resize: the options, else the checkpoint's recipe, else the preset's, else 800/1333."""
-    from focus_detr.inference import recipe_test_size
-
-    min_size, max_size = recipe_test_size(stored_config, args.preset)
-    return args.min_size or min_size, args.max_size or max_size
