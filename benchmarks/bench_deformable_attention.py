@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from focus_detr.ops.deformable_attention import (
+from focus_detr.ops.deformable_attention_torch import (
     deformable_attention_gather,
     deformable_attention_grid_sample,
 )

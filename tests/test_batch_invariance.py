@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import focus_detr
-from tests.conftest import randomize_, tiny_config
+from tests.helpers import randomize_, tiny_config
 
 SIZES = [(61, 95), (128, 100), (33, 47), (96, 96), (17, 130)]
 

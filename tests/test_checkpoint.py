@@ -14,7 +14,7 @@ import focus_detr
 from focus_detr.checkpoint import CheckpointError, download, read_checkpoint
 from focus_detr.convert import detrex_to_native, native_to_detrex
 from focus_detr.parity import read_manifest, synthesize_state_dict
-from tests.conftest import MANIFESTS, randomize_, tiny_config
+from tests.helpers import MANIFESTS, randomize_, tiny_config
 
 
 @pytest.fixture(scope="module")

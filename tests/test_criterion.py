@@ -14,32 +14,18 @@ from focus_detr.losses import (
 )
 from focus_detr.ops.boxes import box_cxcywh_to_xyxy
 from focus_detr.structures import DenoisingOutput, EncoderTrace, FocusDETROutput, TokenLayout
+from tests.helpers import random_targets, token_layout
 
 NUM_CLASSES = 5
 STRIDES = (8, 16, 32, 64)
 
 
 def _token_layout(batch_size: int, height: int, width: int) -> TokenLayout:
-    shapes = torch.tensor([[-(-height // s), -(-width // s)] for s in STRIDES])
-    counts = shapes.prod(dim=1)
-    return TokenLayout(
-        spatial_shapes=shapes,
-        level_start_index=torch.cat((torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1])),
-        valid_sizes=shapes[None].repeat(batch_size, 1, 1),
-        padding_mask=torch.zeros(batch_size, int(counts.sum()), dtype=torch.bool),
-        strides=STRIDES,
-    )
+    return token_layout([(-(-height // s), -(-width // s)) for s in STRIDES], STRIDES, batch_size)
 
 
 def _make_targets(counts: list[int], seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    targets = []
-    for count in counts:
-        centres = torch.rand(count, 2, generator=generator) * 0.5 + 0.25
-        sizes = torch.rand(count, 2, generator=generator) * 0.3 + 0.1
-        labels = torch.randint(0, NUM_CLASSES, (count,), generator=generator)
-        targets.append({"labels": labels, "boxes": torch.cat((centres, sizes), dim=1)})
-    return targets
+    return random_targets(counts, NUM_CLASSES, seed, size_range=(0.1, 0.4))
 
 
 def _make_outputs(
@@ -84,7 +70,13 @@ def _make_outputs(
         foreground_logits=randn(batch_size, tokens.num_tokens),
         tokens=tokens,
         image_sizes=torch.tensor([list(image_size)] * batch_size),
-        encoder=EncoderTrace(),
+        encoder=EncoderTrace(
+            token_indices=[],
+            token_counts=unused,
+            category_scores=[],
+            dual_attention_indices=[],
+            dual_attention_counts=unused,
+        ),
         initial_references=unused,
         decoder_references=unused,
         decoder_last_hidden=unused,

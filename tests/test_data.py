@@ -16,7 +16,7 @@ from focus_detr.config import TrainConfig
 from focus_detr.data import (
     CocoDetection,
     RandomCropAbsoluteRange,
-    build_dataloader,
+    build_step_dataloader,
     build_test_transforms,
     build_train_transforms,
     collate_detection,
@@ -318,48 +318,25 @@ def _same(a: list, b: list) -> bool:
     return all(torch.equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b, strict=True))
 
 
-def test_dataloader_is_reproducible_and_varies_by_epoch():
+def test_step_dataloader_is_reproducible_and_leaves_the_callers_rng_alone():
     dataset = _RandomDataset()
 
-    def make(workers: int):
-        return build_dataloader(
-            dataset, 2, shuffle=True, num_workers=workers, seed=5, drop_last=False
+    def steps(seed: int) -> list:
+        loader = build_step_dataloader(
+            dataset, total_batch_size=2, seed=seed, num_steps=6, num_workers=0
         )
+        assert loader.dataset.category_ids == (11, 22)  # attributes reach the wrapped dataset
+        return _epoch(loader)
 
-    loader = make(0)
-    epoch0, epoch1 = _epoch(loader), _epoch(loader)
-    assert sorted(i for _, ids in epoch0 for i in ids) == list(range(6))
-    assert not _same(epoch0, epoch1)
-    assert _same(epoch0, _epoch(make(0)))
-    assert loader.dataset.category_ids == (11, 22)  # attributes reach the wrapped dataset
-    loader.sampler.set_epoch(1)
-    assert _same(epoch1, _epoch(loader))
     state = torch.get_rng_state()
-    _epoch(make(0))
+    first = steps(5)
     assert torch.equal(state, torch.get_rng_state())  # caller's RNG untouched
-
-
-def test_dataloader_same_batches_with_workers():
-    dataset = _RandomDataset()
-    kwargs = {"shuffle": True, "seed": 3, "drop_last": True}
-    in_process = _epoch(build_dataloader(dataset, 4, num_workers=0, **kwargs))
-    with_workers = _epoch(build_dataloader(dataset, 4, num_workers=2, **kwargs))
-    assert len(in_process) == 1 and _same(in_process, with_workers)
-
-
-def test_dataloader_rejects_bad_arguments():
-    dataset = _RandomDataset()
-    sampler = torch.utils.data.SequentialSampler(dataset)
-    with pytest.raises(ValueError, match="shuffle"):
-        build_dataloader(
-            dataset, 2, shuffle=True, num_workers=0, seed=0, drop_last=False, sampler=sampler
-        )
-    with pytest.raises(ValueError, match="batch_size"):
-        build_dataloader(dataset, 0, shuffle=False, num_workers=0, seed=0, drop_last=False)
-    loader = build_dataloader(
-        dataset, 4, shuffle=False, num_workers=0, seed=0, drop_last=False, sampler=sampler
-    )
-    assert [ids for _, ids in _epoch(loader)] == [[0, 1, 2, 3], [4, 5]]
+    epoch0, epoch1 = first[:3], first[3:]
+    assert sorted(i for _, ids in epoch0 for i in ids) == list(range(6))
+    assert sorted(i for _, ids in epoch1 for i in ids) == list(range(6))
+    assert not _same(epoch0, epoch1)  # a new order and new random content every epoch
+    assert _same(first, steps(5))
+    assert not _same(first, steps(6))
 
 
 def test_step_sampler_same_step_images_for_any_split():

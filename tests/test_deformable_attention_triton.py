@@ -18,10 +18,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from focus_detr.ops.deformable_attention import (
+from focus_detr.ops.deformable_attention_dispatch import multi_scale_deformable_attention
+from focus_detr.ops.deformable_attention_torch import (
     deformable_attention_gather,
     deformable_attention_grid_sample,
-    multi_scale_deformable_attention,
 )
 from focus_detr.ops.deformable_attention_triton import (
     _backward_kernel,
@@ -30,6 +30,7 @@ from focus_detr.ops.deformable_attention_triton import (
     deformable_attention_triton,
     is_available,
 )
+from tests.helpers import deformable_attention_inputs, gradcheck_deformable_attention
 
 _INTERPRETER_SCRIPT = """
 import sys
@@ -58,85 +59,41 @@ torch.save(results, sys.argv[2])
 """
 
 
-def _level_layout(level_shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    spatial_shapes = torch.tensor(level_shapes, dtype=torch.long)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    return spatial_shapes, level_start_index, int(sizes.sum())
-
-
-def _random_inputs(
-    level_shapes: list[tuple[int, int]],
-    batch: int,
-    num_queries: int,
-    num_heads: int,
-    head_dim: int,
-    num_points: int,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> dict[str, torch.Tensor]:
-    """Random inputs; locations span [-0.3, 1.3] so many corners fall outside their map."""
-    spatial_shapes, level_start_index, num_values = _level_layout(level_shapes)
-    num_levels = len(level_shapes)
-    generator = torch.Generator().manual_seed(seed)
-    sample_shape = (batch, num_queries, num_heads, num_levels, num_points)
-    locations = torch.rand(*sample_shape, 2, generator=generator, dtype=torch.float64)
-    locations = locations * 1.6 - 0.3
-    # keep x, y at least 0.01 pixel off integers, where the location gradient jumps: float32
-    # and float64 could round to different sides of such a kink
-    sizes = spatial_shapes.flip(-1).to(torch.float64).view(num_levels, 1, 2)  # (width, height)
-    pixels = locations * sizes - 0.5
-    pixels = pixels.floor() + (pixels - pixels.floor()).clamp(0.01, 0.99)
-    locations = (pixels + 0.5) / sizes
-    # a few samples far outside every map (all four corners are zero padding)
-    locations.view(-1, 2)[::7] = torch.tensor([-40.0, 55.0], dtype=torch.float64)
-    inputs = {
-        "value": torch.randn(batch, num_values, num_heads, head_dim, generator=generator),
-        "spatial_shapes": spatial_shapes,
-        "level_start_index": level_start_index,
-        "sampling_locations": locations,
-        "attention_weights": torch.rand(*sample_shape, generator=generator, dtype=torch.float64),
-        "grad_output": torch.randn(batch, num_queries, num_heads * head_dim, generator=generator),
-    }
-    return {
-        key: tensor.to(dtype) if tensor.is_floating_point() else tensor
-        for key, tensor in inputs.items()
-    }
-
-
 _DIFFERENTIABLE = ("value", "sampling_locations", "attention_weights")
 
 # name -> (inputs, names that require grad, {input: permutation used to make it non-contiguous});
 # kept tiny: the interpreter costs ~0.1 s per program and sample on 2 cores
 _INTERPRETER_CASES = {
     "three_levels_with_1x1": (
-        _random_inputs(
+        deformable_attention_inputs(
             [(3, 5), (1, 1), (4, 2)], 2, num_queries=6, num_heads=2, head_dim=8, num_points=2
         ),
         _DIFFERENTIABLE,
         {},
     ),
     "odd_head_dim_non_contiguous": (
-        _random_inputs(
+        deformable_attention_inputs(
             [(2, 3), (5, 1)], 1, num_queries=5, num_heads=3, head_dim=6, num_points=1, seed=1
         ),
         _DIFFERENTIABLE,
         {"value": (0, 2, 1, 3), "sampling_locations": (0, 2, 1, 3, 4, 5)},
     ),
     "frozen_value_two_query_blocks": (
-        _random_inputs([(4, 4)], 1, num_queries=21, num_heads=1, head_dim=4, num_points=2, seed=2),
+        deformable_attention_inputs(
+            [(4, 4)], 1, num_queries=21, num_heads=1, head_dim=4, num_points=2, seed=2
+        ),
         ("sampling_locations", "attention_weights"),
         {},
     ),
 }
 _EMPTY_CASE = (
-    _random_inputs([(2, 2)], 1, num_queries=0, num_heads=2, head_dim=4, num_points=2),
+    deformable_attention_inputs([(2, 2)], 1, num_queries=0, num_heads=2, head_dim=4, num_points=2),
     _DIFFERENTIABLE,
     {},
 )
 _REDUCED_PRECISION_CASES = {
     f"{dtype}".removeprefix("torch."): (
-        _random_inputs(
+        deformable_attention_inputs(
             [(3, 5), (1, 1)],
             1,
             num_queries=9,
@@ -251,17 +208,17 @@ def test_interpreter_reduced_precision(interpreter_results: dict[str, dict], cas
         assert (actual[key].double() - expected_tensor).abs().max() <= 2e-2 * scale, key
 
 
-def test_float64_falls_back_to_gather() -> None:
-    inputs = _random_inputs([(3, 4), (1, 2)], 1, 4, 2, 4, 2, dtype=torch.float64)
+def test_float64_is_refused_by_the_kernels() -> None:
+    """float64 is the dispatcher's business (it runs the gather path); the kernels refuse it."""
+    inputs = deformable_attention_inputs([(3, 4), (1, 2)], 1, 4, 2, 4, 2, dtype=torch.float64)
     args = [inputs[key] for key in ("value", "spatial_shapes", "level_start_index")]
     args += [inputs["sampling_locations"], inputs["attention_weights"]]
-    torch.testing.assert_close(
-        deformable_attention_triton(*args), deformable_attention_gather(*args), rtol=0, atol=0
-    )
+    with pytest.raises(ValueError, match="float64"):
+        deformable_attention_triton(*args)
 
 
 def _valid_args() -> list[torch.Tensor]:
-    inputs = _random_inputs([(3, 4), (1, 2)], 2, 4, 2, 8, 3)
+    inputs = deformable_attention_inputs([(3, 4), (1, 2)], 2, 4, 2, 8, 3)
     keys = ("value", "spatial_shapes", "level_start_index")
     return [inputs[key] for key in keys] + [
         inputs["sampling_locations"],
@@ -397,7 +354,7 @@ def _triton_on(
 def test_cuda_float32_matches_gather(
     level_shapes: list[tuple[int, int]], num_queries: int, head_dim: int
 ) -> None:
-    inputs = _random_inputs(level_shapes, 2, num_queries, 8, head_dim, 4, seed=5)
+    inputs = deformable_attention_inputs(level_shapes, 2, num_queries, 8, head_dim, 4, seed=5)
     expected = _reference(_cuda(inputs, torch.float64), _DIFFERENTIABLE, "gather")
     actual = _triton_on(_cuda(inputs, torch.float32), _DIFFERENTIABLE)
     for key, expected_tensor in expected.items():
@@ -410,7 +367,9 @@ def test_cuda_float32_matches_gather(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_reduced_precision(dtype: torch.dtype) -> None:
-    inputs = _cuda(_random_inputs(_R50_LEVELS, 2, 300, 8, 32, 4, seed=6, dtype=dtype), dtype)
+    inputs = _cuda(
+        deformable_attention_inputs(_R50_LEVELS, 2, 300, 8, 32, 4, seed=6, dtype=dtype), dtype
+    )
     expected = _reference(inputs, _DIFFERENTIABLE, "gather")
     actual = _triton_on(inputs, _DIFFERENTIABLE)
     for key, expected_tensor in expected.items():
@@ -422,7 +381,9 @@ def test_cuda_reduced_precision(dtype: torch.dtype) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_auto_backend_uses_triton() -> None:
-    inputs = _cuda(_random_inputs([(6, 5), (3, 3)], 1, 40, 4, 32, 2, seed=7), torch.float32)
+    inputs = _cuda(
+        deformable_attention_inputs([(6, 5), (3, 3)], 1, 40, 4, 32, 2, seed=7), torch.float32
+    )
     args = [inputs[key] for key in ("value", "spatial_shapes", "level_start_index")]
     args += [inputs["sampling_locations"], inputs["attention_weights"]]
     assert is_available()
@@ -436,16 +397,6 @@ def test_cuda_auto_backend_uses_triton() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_float64_gradcheck_of_reference_path() -> None:
-    inputs = _cuda(_random_inputs([(3, 4), (2, 1)], 1, 3, 2, 4, 2, seed=8), torch.float64)
-    # bring the far-away samples back next to the maps, where gradients are not all zero
-    locations = inputs["sampling_locations"].clamp(-0.2, 1.2).requires_grad_()
-    value = inputs["value"].requires_grad_()
-    weights = inputs["attention_weights"].requires_grad_()
-
-    def triton_entry(value, locations, weights):
-        return deformable_attention_triton(
-            value, inputs["spatial_shapes"], inputs["level_start_index"], locations, weights
-        )
-
-    assert torch.autograd.gradcheck(triton_entry, (value, locations, weights))
+def test_cuda_float64_gradcheck_of_the_dispatched_path() -> None:
+    """float64 on CUDA: the dispatcher runs the gather path (the kernels take no float64)."""
+    assert gradcheck_deformable_attention(multi_scale_deformable_attention, device="cuda")

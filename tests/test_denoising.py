@@ -7,21 +7,14 @@ import torch
 
 from focus_detr.models.denoising import build_denoising_queries, denoising_attention_mask
 from focus_detr.ops.boxes import box_cxcywh_to_xyxy, inverse_sigmoid
+from tests.helpers import random_targets
 
 NUM_CLASSES = 7
 EMBED_DIM = 4
 
 
 def _targets(counts: list[int], seed: int = 0, size_range=(0.1, 0.3)):
-    generator = torch.Generator().manual_seed(seed)
-    low, high = size_range
-    targets = []
-    for count in counts:
-        centres = torch.rand(count, 2, generator=generator) * 0.4 + 0.3
-        sizes = torch.rand(count, 2, generator=generator) * (high - low) + low
-        labels = torch.randint(0, NUM_CLASSES, (count,), generator=generator)
-        targets.append({"labels": labels, "boxes": torch.cat((centres, sizes), dim=1)})
-    return targets
+    return random_targets(counts, NUM_CLASSES, seed, centre_range=(0.3, 0.7), size_range=size_range)
 
 
 def _build(targets, *, num_dn=20, num_matching=6, label_noise=0.5, box_noise=1.0, seed=0, **kw):

@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from focus_detr.engine.trainer import Trainer
-from tests.training_utils import (
-    cli_overrides,
+from tests.helpers import (
     final_parameters,
     make_synthetic,
     max_difference,
     same_size_recipe,
-    tiny_recipe,
+    train_arguments,
     train_set,
 )
 
@@ -36,9 +35,8 @@ def _torchrun() -> list[str]:
 def test_two_processes_equal_one_process(tmp_path, accumulation):
     synthetic = make_synthetic(tmp_path / "data", image_size=(80, 80))
     # frozen BatchNorm, no denoising (its groups depend on each process's batch), no padding
-    config = tiny_recipe(
-        model={"num_denoising_queries": 0},
-        **same_size_recipe(total_batch_size=4, grad_accumulation=accumulation),
+    config = same_size_recipe(
+        {"num_denoising_queries": 0}, total_batch_size=4, grad_accumulation=accumulation
     )
     command = [
         *_torchrun(),
@@ -47,19 +45,9 @@ def test_two_processes_equal_one_process(tmp_path, accumulation):
         "2",
         "-m",
         "focus_detr.cli",
-        "train",
-        "--preset",
-        "focus_detr_tiny",
-        "--data",
-        str(synthetic.root),
-        "--out",
-        str(tmp_path / "ddp"),
-        "--device",
-        "cpu",
+        *train_arguments(config, synthetic.root, tmp_path / "ddp"),
         "--max-iters",
         "3",
-        "--no-progress",
-        *cli_overrides(config),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     finished = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, timeout=240)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import json
@@ -15,28 +16,18 @@ import torch
 from torch import nn
 
 from focus_detr.cli import main
+from focus_detr.config import LossConfig, ModelConfig
 from focus_detr.data.coco import CocoDetection
 from focus_detr.engine.evaluation import STAT_NAMES
 from focus_detr.engine.evaluator import evaluate
 from focus_detr.engine.trainer import Trainer
-from tests.training_utils import make_synthetic, tiny_recipe, train_set, val_set
+from tests.helpers import tiny_recipe, train_set, val_set
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 pycocotools = pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data", num_val=6)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +113,7 @@ class _Oracle(nn.Module):
     def __init__(self, queue: list, noise: float = 0.0, seed: int = 0) -> None:
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(1))
+        self.config = ModelConfig()  # evaluate() reads the test resize there
         self.queue = list(queue)
         self.noise = noise
         self.generator = torch.Generator().manual_seed(seed)
@@ -162,9 +154,10 @@ def test_evaluator_maps_boxes_back_to_the_original_images(synthetic):
 class _SizeSpy(nn.Module):
     """Finds nothing; remembers the (height, width) of every image it is given."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(1))
+        self.config = config
         self.seen: list[tuple[int, int]] = []
 
     def forward(self, images):
@@ -175,8 +168,7 @@ class _SizeSpy(nn.Module):
 
 def test_evaluator_resizes_like_the_models_recipe_by_default(synthetic):
     dataset = val_set(synthetic)
-    spy = _SizeSpy()
-    spy.test_size = (96, 128)  # what build_model / load_model set from the recipe
+    spy = _SizeSpy(ModelConfig(test_min_size=96, test_max_size=128))
     evaluate(spy, dataset, batch_size=3)
     assert len(spy.seen) == len(dataset)
     for (height, width), original in zip(spy.seen, dataset._table.sizes.tolist()):
@@ -204,9 +196,11 @@ def test_evaluator_equals_pycocotools_on_the_same_detections(synthetic, tmp_path
 
 def test_train_command_end_to_end(synthetic, tmp_path, capsys):
     from focus_detr.engine.metrics_log import read_metrics
-    from tests.training_utils import cli_overrides
+    from tests.helpers import cli_overrides
 
-    config = tiny_recipe(checkpoint_every_iters=2)
+    config = dataclasses.replace(
+        tiny_recipe(checkpoint_every_iters=2), loss=LossConfig(giou_weight=3.0)
+    )
     out = tmp_path / "run"
     arguments = ["train", "--preset", "focus_detr_tiny", "--data", str(synthetic.root)]
     arguments += ["--out", str(out), "--max-iters", "3", "--device", "cpu", "--no-progress"]
@@ -221,6 +215,7 @@ def test_train_command_end_to_end(synthetic, tmp_path, capsys):
     }
     final = torch.load(out / "model_final.pth", weights_only=True)
     assert final["format"] == "focus-detr" and final["config"]["model"]["num_classes"] == 10
+    assert final["config"]["loss"]["giou_weight"] == 3.0  # --set loss.giou_weight=3.0
     assert [c["id"] for c in final["categories"]] == list(range(1, 11))
     assert [c["name"] for c in final["categories"]][7:] == ["bar", "class 8", "class 9"]
     kinds = [record["type"] for record in read_metrics(out)]

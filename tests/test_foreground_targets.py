@@ -8,33 +8,22 @@ import pytest
 import torch
 
 from focus_detr.losses import (
-    DEFAULT_LEVEL_RANGES,
     default_level_ranges,
     foreground_loss,
     foreground_targets,
     sigmoid_focal_loss,
 )
 from focus_detr.structures import TokenLayout
+from tests.helpers import token_layout
 
-
-def _layout(
-    shapes: list[tuple[int, int]], strides: tuple[int, ...], batch_size: int
-) -> TokenLayout:
-    spatial_shapes = torch.tensor(shapes)
-    counts = spatial_shapes.prod(dim=1)
-    return TokenLayout(
-        spatial_shapes=spatial_shapes,
-        level_start_index=torch.cat((torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1])),
-        valid_sizes=spatial_shapes[None].repeat(batch_size, 1, 1),
-        padding_mask=torch.zeros(batch_size, int(counts.sum()), dtype=torch.bool),
-        strides=strides,
-    )
+# detrex projects/focus_detr: ``limit_range = [[-1, 64], [64, 128], [128, 256], [256, INF]]``
+DETREX_LIMIT_RANGE = ((-1, 64), (64, 128), (128, 256), (256, math.inf))
 
 
 def test_hand_computed_two_level_case() -> None:
     """32x32 image; level 0: stride 8, 4x4 tokens, centres 4/12/20/28; level 1: stride 16, 2x2
     tokens, centres 8/24. Ranges (-1, 12] and (12, inf)."""
-    tokens = _layout([(4, 4), (2, 2)], (8, 16), batch_size=3)
+    tokens = token_layout([(4, 4), (2, 2)], (8, 16), batch_size=3)
     boxes = [
         # Box A (0, 0, 16, 16): level-0 centres (4|12, 4|12) are inside with largest side
         # distance 12 <= 12; level-1 centre (8, 8) has 8, not in (12, inf).
@@ -79,7 +68,9 @@ def test_matches_the_definition_on_random_boxes_with_default_ranges() -> None:
     generator = torch.Generator().manual_seed(0)
     height, width = 600, 640
     strides = (8, 16, 32, 64)
-    tokens = _layout([(-(-height // s), -(-width // s)) for s in strides], strides, batch_size=2)
+    tokens = token_layout(
+        [(-(-height // s), -(-width // s)) for s in strides], strides, batch_size=2
+    )
     boxes = []
     for count in (6, 3):
         corner = torch.rand(count, 2, generator=generator) * torch.tensor([width, height]) * 0.5
@@ -87,7 +78,7 @@ def test_matches_the_definition_on_random_boxes_with_default_ranges() -> None:
         boxes.append(torch.cat((corner, corner + size + 2), dim=1).round())
     boxes[0] = torch.cat((boxes[0], torch.tensor([[10.0, 10.0, 600.0, 500.0]])))
     targets = foreground_targets(tokens, boxes)
-    torch.testing.assert_close(targets, _naive_targets(tokens, boxes, DEFAULT_LEVEL_RANGES))
+    torch.testing.assert_close(targets, _naive_targets(tokens, boxes, DETREX_LIMIT_RANGE))
     assert targets.sum() > 20  # the check is not vacuous
     for level in range(4):  # every level receives some foreground
         start = int(tokens.level_start_index[level])
@@ -96,20 +87,21 @@ def test_matches_the_definition_on_random_boxes_with_default_ranges() -> None:
 
 
 def test_default_level_ranges() -> None:
-    assert default_level_ranges(4) == DEFAULT_LEVEL_RANGES
-    assert default_level_ranges(4) == ((-1, 64), (64, 128), (128, 256), (256, math.inf))
+    assert default_level_ranges(4) == DETREX_LIMIT_RANGE
     assert default_level_ranges(5)[3:] == ((256, 512), (512, math.inf))
     assert default_level_ranges(1) == ((-1, math.inf),)
 
 
 def test_bad_inputs_raise() -> None:
-    tokens = _layout([(2, 2)], (8,), batch_size=1)
+    tokens = token_layout([(2, 2)], (8,), batch_size=1)
     with pytest.raises(ValueError, match="images"):
         foreground_targets(tokens, [torch.zeros(0, 4), torch.zeros(0, 4)])
     with pytest.raises(ValueError, match=r"\[n, 4\]"):
         foreground_targets(tokens, [torch.zeros(2, 3)])
     with pytest.raises(ValueError, match="ranges"):
-        foreground_targets(_layout([(2, 2), (1, 1)], (8, 16), 1), [torch.zeros(0, 4)], [(-1, 9)])
+        foreground_targets(
+            token_layout([(2, 2), (1, 1)], (8, 16), 1), [torch.zeros(0, 4)], [(-1, 9)]
+        )
     with pytest.raises(ValueError, match="shape"):
         foreground_loss(torch.zeros(1, 4), torch.zeros(1, 5), torch.zeros(1, 4, dtype=torch.bool))
 
@@ -156,7 +148,7 @@ def test_loss_is_finite_without_foreground_and_with_extreme_logits() -> None:
 
 
 def test_gradient_flows_end_to_end_from_boxes_to_logits() -> None:
-    tokens = _layout([(4, 4), (2, 2)], (8, 16), batch_size=1)
+    tokens = token_layout([(4, 4), (2, 2)], (8, 16), batch_size=1)
     targets = foreground_targets(tokens, [torch.tensor([[0.0, 0.0, 16.0, 16.0]])])
     logits = torch.zeros(1, 20, requires_grad=True)
     foreground_loss(logits, targets, tokens.padding_mask).backward()

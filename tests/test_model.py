@@ -7,7 +7,7 @@ import torch
 
 import focus_detr
 from focus_detr.structures import ImageBatch
-from tests.conftest import randomize_, tiny_config
+from tests.helpers import random_image, randomize_, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -15,21 +15,15 @@ def model() -> focus_detr.FocusDETR:
     return randomize_(focus_detr.build_model(tiny_config())).eval()
 
 
-def _image(h: int = 70, w: int = 90, seed: int = 0) -> torch.Tensor:
-    return torch.randint(
-        0, 256, (3, h, w), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
-    )
-
-
 def test_detections_contract(model) -> None:
-    images = [_image(70, 90), _image(40, 120, seed=1)]
+    images = [random_image(70, 90), random_image(40, 120, seed=1)]
     with torch.no_grad():
         detections = model(images)
     assert len(detections) == 2
     for image, result in zip(images, detections):
         assert set(result) == {"boxes", "scores", "labels"}
         k = result["boxes"].shape[0]
-        assert 0 < k <= model.num_detections
+        assert 0 < k <= model.config.num_detections
         assert result["labels"].dtype == torch.int64
         assert bool(((result["labels"] >= 0) & (result["labels"] < 5)).all())
         boxes = result["boxes"]
@@ -40,7 +34,7 @@ def test_detections_contract(model) -> None:
 
 
 def test_uint8_float_and_batch_inputs_agree(model) -> None:
-    image = _image()
+    image = random_image()
     with torch.no_grad():
         from_uint8 = model([image])[0]
         from_float = model([image.float() / 255])[0]
@@ -53,7 +47,7 @@ def test_uint8_float_and_batch_inputs_agree(model) -> None:
 
 def test_raw_output_shapes(model) -> None:
     with torch.no_grad():
-        out = model([_image(64, 64), _image(32, 48, seed=2)], raw=True)
+        out = model([random_image(64, 64), random_image(32, 48, seed=2)], raw=True)
     layers, batch, queries, classes = out.logits.shape
     assert (layers, batch, classes) == (2, 2, 5)
     assert out.boxes.shape == (2, 2, queries, 4)
@@ -73,12 +67,12 @@ def test_raw_output_shapes(model) -> None:
 
 def test_unselected_tokens_pass_through_unchanged(model) -> None:
     with torch.no_grad():
-        out = model([_image(64, 64)], raw=True)
+        out = model([random_image(64, 64)], raw=True)
     kept = torch.zeros(out.tokens.num_tokens, dtype=torch.bool)
     kept[out.encoder.token_indices[0][0, : out.encoder.token_counts[0, 0]]] = True
     # the memory of unselected tokens is bit-identical to the encoder input (neck + nothing)
     with torch.no_grad():
-        levels = model.neck(model.backbone(*_normalised(model, _image(64, 64))))
+        levels = model.neck(model.backbone(*_normalised(model, random_image(64, 64))))
     flat = torch.cat([level.flatten(2).transpose(1, 2) for level in levels], dim=1)[0]
     assert torch.equal(out.memory[0][~kept], flat[~kept])
     assert not torch.equal(out.memory[0][kept], flat[kept])
@@ -90,7 +84,7 @@ def _normalised(model, image):
 
 
 def test_keep_ratio_can_change_at_inference(model) -> None:
-    image = _image(64, 64)
+    image = random_image(64, 64)
     try:
         model.set_keep_ratio(1.0, (1.0, 1.0))
         with torch.no_grad():
@@ -100,6 +94,8 @@ def test_keep_ratio_can_change_at_inference(model) -> None:
         with torch.no_grad():
             sparse = model([image], raw=True)
         assert sparse.encoder.token_counts[0].tolist() == [18, 10]
+        # the model's configuration is its one record of the budget (checkpoints store it)
+        assert (model.config.keep_ratio, model.config.cascade) == (0.2, (1.0, 0.6))
     finally:
         model.set_keep_ratio(0.5, (1.0, 0.6))
     with pytest.raises(ValueError, match="keep_ratio"):
@@ -126,7 +122,7 @@ def test_bad_input_raises_clear_errors(model, bad, message) -> None:
 def test_float64_model_runs_and_stays_float64() -> None:
     model = focus_detr.build_model(tiny_config(), dtype=torch.float64).eval()
     with torch.no_grad():
-        out = model([_image()], raw=True)
+        out = model([random_image()], raw=True)
     assert out.logits.dtype == torch.float64
     assert all(p.dtype == torch.float64 for p in model.parameters())
 
@@ -138,3 +134,19 @@ def test_config_validation() -> None:
         tiny_config(cascade=(0.5, 1.0))
     with pytest.raises(focus_detr.ConfigError, match="backbone"):
         tiny_config(backbone="vgg16")
+
+
+def test_return_type_depends_on_raw_alone(model) -> None:
+    image = random_image(64, 64)
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    model.train()
+    try:
+        with torch.no_grad():
+            detections = model([image])
+            raw = model([image], targets, raw=True)
+        assert isinstance(detections, list) and set(detections[0]) == {"boxes", "scores", "labels"}
+        assert isinstance(raw, focus_detr.FocusDETROutput) and raw.denoising is not None
+        with pytest.raises(ValueError, match="raw=True"):
+            model([image], targets)
+    finally:
+        model.eval()

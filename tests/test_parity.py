@@ -14,7 +14,7 @@ from focus_detr.parity import (
     synthesize_state_dict,
     synthesize_tensor,
 )
-from tests.conftest import DATA, MANIFESTS
+from tests.helpers import DATA, MANIFESTS
 
 
 @pytest.fixture(scope="module")

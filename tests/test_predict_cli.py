@@ -14,7 +14,7 @@ from PIL import Image
 
 from focus_detr.cli import main
 from focus_detr.parity import read_manifest, synthesize_state_dict, synthesize_tensor
-from tests.conftest import DATA, MANIFESTS
+from tests.helpers import DATA, MANIFESTS
 
 
 @pytest.fixture(scope="module")

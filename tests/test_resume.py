@@ -14,29 +14,17 @@ import torch
 
 from focus_detr.engine.checkpointing import load_resume_checkpoint
 from focus_detr.engine.trainer import Trainer
-from tests.training_utils import (
-    cli_overrides,
+from tests.helpers import (
     final_parameters,
-    make_synthetic,
     max_difference,
     tiny_recipe,
+    train_arguments,
     train_set,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data")
 
 
 def _recipe(**train: object):
@@ -106,17 +94,7 @@ def test_killed_process_resumes_to_the_same_parameters(synthetic, tmp_path):
         sys.executable,
         "-m",
         "focus_detr.cli",
-        "train",
-        "--preset",
-        "focus_detr_tiny",
-        "--data",
-        str(synthetic.root),
-        "--out",
-        str(tmp_path / "killed"),
-        "--device",
-        "cpu",
-        "--no-progress",
-        *cli_overrides(config),
+        *train_arguments(config, synthetic.root, tmp_path / "killed"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL)

@@ -20,28 +20,16 @@ from focus_detr.engine.optim import (
     parameter_specs,
 )
 from focus_detr.engine.trainer import NonFiniteLossError, Trainer
-from tests.conftest import tiny_config
-from tests.training_utils import (
+from tests.helpers import (
     make_synthetic,
     max_difference,
     same_size_recipe,
+    tiny_config,
     tiny_recipe,
     train_set,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One compute thread: on a busy 2-core machine, 2 OpenMP threads can be 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_parameter_groups_lr_factor_norms_and_frozen():
@@ -187,9 +175,8 @@ def test_gradient_accumulation_equals_the_whole_batch(square_synthetic, tmp_path
     after = {}
     for accumulation in (1, 2):
         # no denoising (its groups depend on the micro-batch), frozen BatchNorm, no padding
-        config = tiny_recipe(
-            model={"num_denoising_queries": 0},
-            **same_size_recipe(grad_accumulation=accumulation, total_batch_size=4),
+        config = same_size_recipe(
+            {"num_denoising_queries": 0}, grad_accumulation=accumulation, total_batch_size=4
         )
         dataset = train_set(square_synthetic, config)
         trainer = Trainer(
@@ -253,22 +240,19 @@ def test_outputs_of_a_short_run(synthetic, tmp_path: Path):
     )
     model, categories = load_model(tmp_path / "model_final.pth")
     assert categories.names[0] == "circle" and model.num_classes == 8
-    # the test resize of the recipe travels with the checkpoint: predicting uses it
-    assert model.test_size == (80, 112) == result_model_size(tmp_path)
+    # the test resize travels with the checkpoint (model config): predicting uses it
+    stored = torch.load(tmp_path / "model_final.pth", weights_only=True)["config"]
+    assert (stored["model"]["test_min_size"], stored["model"]["test_max_size"]) == (80, 112)
+    assert model.config.test_resize() == (80, 112)
     predictor = Predictor(model)
     assert (predictor.min_size, predictor.max_size) == (80, 112)
     image = torch.zeros(3, 200, 400, dtype=torch.uint8)
     assert tuple(predictor._resize(image).shape[-2:]) == (56, 112)
 
 
-def result_model_size(folder: Path) -> tuple[int, int]:
-    stored = torch.load(folder / "model_final.pth", weights_only=True)["config"]["train"]
-    return stored["test_min_size"], stored["test_max_size"]
-
-
 def test_periodic_and_final_evaluation_are_logged(synthetic, tmp_path):
     from focus_detr.engine.metrics_log import read_metrics
-    from tests.training_utils import val_set
+    from tests.helpers import val_set
 
     config = tiny_recipe(eval_every_epochs=1.0)  # 2 steps per epoch
     trainer = Trainer(
@@ -283,7 +267,8 @@ def test_periodic_and_final_evaluation_are_logged(synthetic, tmp_path):
     evaluations = [r for r in read_metrics(tmp_path) if r["type"] == "eval"]
     assert [r["iteration"] for r in evaluations] == [2, 3]
     assert evaluations[0]["epoch"] == 1.0 and set(evaluations[0]) >= {"AP", "AP50", "ARl"}
-    assert result.evaluation is not None and result.evaluation.num_images == 4
+    assert result.evaluation is not None
+    assert result.evaluation.num_images == len(val_set(synthetic))
 
 
 def test_torchvision_resnet_weights_initialise_the_backbone(tmp_path):
@@ -342,3 +327,14 @@ def test_amp_steps_on_cuda(synthetic, tmp_path, amp):
         result = trainer.run_step([batch], iteration)
         assert result.finite
     assert next(trainer.model.parameters()).dtype == torch.float32
+
+
+def test_loss_settings_reach_the_criterion(synthetic, tmp_path):
+    import dataclasses
+
+    from focus_detr.config import LossConfig
+
+    config = dataclasses.replace(tiny_recipe(), loss=LossConfig(giou_weight=3.0, focal_alpha=0.3))
+    trainer = Trainer(config, train_set(synthetic, config), output_dir=tmp_path, progress=False)
+    assert trainer.criterion.weight_dict["loss_giou_enc"] == 3.0
+    assert trainer.criterion.focal_alpha == 0.3 == trainer.criterion.matcher.alpha

@@ -6,19 +6,40 @@ Quick use::
     model = focus_detr.build_model("focus_detr_r50_4scale_12ep")
     focus_detr.load_checkpoint(model, "focus_detr_r50_4scale_12ep.zip")
     detections = model.eval()(images)   # list of [3, H, W] RGB tensors
+
+The public names below are imported on first use, so that ``import focus_detr`` stays light
+(no torchvision, SciPy or COCO evaluation until something needs them).
 """
 
-from focus_detr.checkpoint import CheckpointError, LoadReport, load_checkpoint
-from focus_detr.config import Config, ConfigError, ModelConfig, TrainConfig
-from focus_detr.engine.evaluator import evaluate
-from focus_detr.engine.trainer import train
-from focus_detr.inference import Predictor, load_model
-from focus_detr.models.build import build_model
-from focus_detr.models.detector import FocusDETR
-from focus_detr.presets import Preset, get_preset, preset_names
-from focus_detr.structures import FocusDETROutput, ImageBatch
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "CheckpointError": "focus_detr.checkpoint",
+    "LoadReport": "focus_detr.checkpoint",
+    "load_checkpoint": "focus_detr.checkpoint",
+    "Config": "focus_detr.config",
+    "ConfigError": "focus_detr.config",
+    "LossConfig": "focus_detr.config",
+    "ModelConfig": "focus_detr.config",
+    "TrainConfig": "focus_detr.config",
+    "evaluate": "focus_detr.engine.evaluator",
+    "train": "focus_detr.engine.trainer",
+    "Predictor": "focus_detr.inference",
+    "load_model": "focus_detr.inference",
+    "build_model": "focus_detr.models.build",
+    "FocusDETR": "focus_detr.models.detector",
+    "Preset": "focus_detr.presets",
+    "get_preset": "focus_detr.presets",
+    "preset_names": "focus_detr.presets",
+    "FocusDETROutput": "focus_detr.structures",
+    "ImageBatch": "focus_detr.structures",
+}
 
 __all__ = [
     "CheckpointError",
@@ -28,6 +49,7 @@ __all__ = [
     "FocusDETROutput",
     "ImageBatch",
     "LoadReport",
+    "LossConfig",
     "ModelConfig",
     "Predictor",
     "Preset",
@@ -41,3 +63,27 @@ __all__ = [
     "preset_names",
     "train",
 ]
+
+if TYPE_CHECKING:
+    from focus_detr.checkpoint import CheckpointError, LoadReport, load_checkpoint
+    from focus_detr.config import Config, ConfigError, LossConfig, ModelConfig, TrainConfig
+    from focus_detr.engine.evaluator import evaluate
+    from focus_detr.engine.trainer import train
+    from focus_detr.inference import Predictor, load_model
+    from focus_detr.models.build import build_model
+    from focus_detr.models.detector import FocusDETR
+    from focus_detr.presets import Preset, get_preset, preset_names
+    from focus_detr.structures import FocusDETROutput, ImageBatch
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'focus_detr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

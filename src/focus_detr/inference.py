@@ -52,9 +52,9 @@ def load_model(
 ) -> tuple[FocusDETR, Categories]:
     """A model in eval mode with its weights, plus the names and ids of its classes.
 
-    The architecture comes from ``preset`` or, for checkpoints written by this package, from the
-    checkpoint itself. detrex releases need ``preset`` (their files do not record e.g. the
-    position-embedding settings).
+    The configuration (architecture, preprocessing, test resize) comes from ``preset`` or, for
+    checkpoints written by this package, from the checkpoint itself. detrex releases need
+    ``preset`` (their files do not record e.g. the position-embedding settings).
     """
     checkpoint = read_checkpoint(weights) if weights is not None else None
     config = _model_config(checkpoint, preset)
@@ -65,9 +65,6 @@ def load_model(
         load_checkpoint(model, checkpoint)
     if keep_ratio is not None:
         model.set_keep_ratio(keep_ratio)
-    model.test_size = recipe_test_size(
-        checkpoint.metadata.get("config") if checkpoint is not None else None, preset
-    )
     model = model.to(device).eval()
     categories = Categories.from_metadata(
         checkpoint.metadata.get("categories") if checkpoint else None, config.num_classes
@@ -75,41 +72,12 @@ def load_model(
     return model, categories
 
 
-def recipe_test_size(stored_config: object, preset: str | None = None) -> tuple[int, int]:
-    """The test resize (short side, long-side limit) a model was trained for.
-
-    From the training recipe a focus-detr checkpoint records (``stored_config``, the
-    checkpoint's ``config`` entry), else from ``preset``'s recipe, else detectron2's 800/1333
-    (what the detrex releases were evaluated with).
-    """
-    train = stored_config.get("train") if isinstance(stored_config, Mapping) else None
-    if isinstance(train, Mapping) and "test_min_size" in train:
-        return int(train["test_min_size"]), int(train.get("test_max_size", 1333))
-    if preset is not None:
-        recipe = get_preset(preset).config.train
-        return recipe.test_min_size, recipe.test_max_size
-    return 800, 1333
-
-
-def resolve_test_size(
-    model: object, min_size: int | None = None, max_size: int | None = None
-) -> tuple[int, int]:
-    """The test resize to use: the given sizes, else the model's ``test_size`` (800/1333 for a
-    model without one). A short side given without a limit keeps the recipe's ratio of limit to
-    short side (at least the recipe's limit): 600 -> 1333 for the zoo, 800 -> 1333 for 192/320.
-    """
-    default_min, default_max = getattr(model, "test_size", (800, 1333))
-    short = int(min_size or default_min)
-    limit = max_size or max(default_max, round(short * default_max / default_min))
-    return short, int(limit)
-
-
 def _model_config(checkpoint, preset: str | None) -> ModelConfig:
     stored = checkpoint.metadata.get("config") if checkpoint is not None else None
     if preset is not None:
         return get_preset(preset).config.model
     if isinstance(stored, Mapping) and isinstance(stored.get("model"), Mapping):
-        return model_config_from_dict(dict(stored["model"]))
+        return model_config_from_dict(dict(stored))
     if checkpoint is None:
         raise CheckpointError("give a preset or weights that record their configuration")
     layout = "detrex release" if is_detrex_layout(checkpoint.state_dict) else "checkpoint"
@@ -123,9 +91,10 @@ class Predictor:
     """Detect objects in images of any size with detectron2's test-time resizing.
 
     Each image is resized so that its short side is ``min_size`` (long side at most
-    ``max_size``; both default to ``model.test_size``, the resize of the model's training
-    recipe), run through the model in batches of ``batch_size`` (results do not depend on the
-    batch), and its boxes are scaled back to the original pixels and clipped.
+    ``max_size``; both default to the model's recipe, see
+    :meth:`~focus_detr.config.ModelConfig.test_resize`), run through the model in batches of
+    ``batch_size`` (results do not depend on the batch), and its boxes are scaled back to the
+    original pixels and clipped.
     """
 
     def __init__(
@@ -140,7 +109,7 @@ class Predictor:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.model = model
-        self.min_size, self.max_size = resolve_test_size(model, min_size, max_size)
+        self.min_size, self.max_size = model.config.test_resize(min_size, max_size)
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
 

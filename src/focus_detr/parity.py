@@ -182,7 +182,7 @@ def compare_with_reference(model: FocusDETR, reference: Mapping[str, np.ndarray]
             output.pred_logits,
             output.pred_boxes,
             output.image_sizes,
-            model.num_detections,
+            model.config.num_detections,
             output.query_mask,
         )[0]
     finally:
@@ -331,55 +331,3 @@ def _compare_detections(
     if "topk_scores" in reference:
         scores = np.asarray(reference["topk_scores"]).reshape(-1)[keep]
         _add(report, {"det_scores": scores}, "det_scores", detections["scores"], DECODER_ATOL)
-
-
-def trim_reference(reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A smaller fixture for the test suite: every array needed, large ones subsampled.
-
-    Subsampled arrays carry ``<name>__rows`` (the kept indices along their query/token axis).
-    """
-    keep_whole = {
-        "temp_backbone_mask_prediction",
-        "enc_outputs_pred_boxes",
-        "pred_boxes",
-        "init_reference",
-        "enc_topk_proposals",
-        "topk_scores",
-        "topk_flat_indexes",
-        "topk_label",
-        "topk_query_index",
-        "det_labels",
-        "det_scores",
-        "det_keep_mask_f64",
-        "det_boxes_f64",
-        "encoder_memory_chanmean",
-        "valid_token_nums",
-        "focus_token_nums",
-        "encoder_k_per_layer",
-        "variant",
-        "config",
-    }
-    subsample = {
-        "pred_logits": 4,
-        "aux_pred_logits": 12,
-        "aux_pred_boxes": 3,
-        "decoder_inter_references": 4,
-        "enc_outputs_pred_logits": 6,
-        "enc_state": 30,
-        "decoder_hs_last": 30,
-    }
-    out: dict[str, np.ndarray] = {}
-    for name, values in reference.items():
-        values = np.asarray(values)
-        if name in keep_whole or name.startswith(("foreground_inds_l", "oesm_select_token_ids_l")):
-            out[name] = values.astype(np.int32) if values.dtype == np.int64 else values
-        elif name.endswith(("_chanmean", "_slice")) and name.startswith(("backbone_", "neck_")):
-            out[name] = values
-        elif name in subsample:
-            axis = _row_axis(name)
-            rows = np.arange(0, values.shape[axis], subsample[name])
-            out[name] = np.take(values, rows, axis=axis)
-            out[f"{name}__rows"] = rows.astype(np.int32)
-        elif name == "image":
-            out[name] = values
-    return out

@@ -7,10 +7,9 @@ published for it.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from focus_detr.config import Config, ModelConfig, TrainConfig
+from focus_detr.config import Config, ConfigError, ModelConfig, TrainConfig
 
 _RELEASES = "https://github.com/linxid/Focus-DETR-mindspore/releases/download/Focus-DETR"
 
@@ -72,7 +71,6 @@ def _swin(arch: str, epochs: int, in22k: bool, url: str | None, ap: float) -> Pr
     model = ModelConfig(
         backbone=backbone,
         swin_window_size=window,
-        swin_pretrain_size=size,
         backbone_drop_path=drop_path,
     )
     tag = "_22k" if in22k else ""
@@ -141,6 +139,8 @@ SMALL: tuple[Preset, ...] = (
                 num_dual_attention_tokens=100,
                 num_detections=100,
                 num_denoising_queries=50,
+                test_min_size=192,
+                test_max_size=320,
             ),
             # Tuned to learn the built-in synthetic set in under 15 minutes on 2 CPU cores
             # (docs/quickstart.md): a short schedule, a high learning rate, small scales.
@@ -158,8 +158,6 @@ SMALL: tuple[Preset, ...] = (
                 train_max_size=320,
                 crop_resize_sizes=(144, 176, 208),
                 crop_size_range=(112, 176),
-                test_min_size=192,
-                test_max_size=320,
             ),
         ),
         weights_url=None,
@@ -169,19 +167,9 @@ SMALL: tuple[Preset, ...] = (
     ),
 )
 
-_EXTRA: tuple[Preset, ...] = ()
-
-
-def register(preset: Preset) -> None:
-    """Add a preset (e.g. a small model for CPU work) to the registry of names."""
-    global _EXTRA
-    if preset.name in _by_name():
-        raise ValueError(f"a preset named {preset.name!r} exists already")
-    _EXTRA = (*_EXTRA, preset)
-
 
 def _by_name() -> dict[str, Preset]:
-    return {p.name: p for p in (*ZOO, *SMALL, *_EXTRA)}
+    return {p.name: p for p in (*ZOO, *SMALL)}
 
 
 def preset_names() -> list[str]:
@@ -189,16 +177,21 @@ def preset_names() -> list[str]:
     return list(_by_name())
 
 
+class UnknownPresetError(ConfigError, KeyError):
+    """No preset has that name (a ``KeyError`` too, as for a mapping)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def get_preset(name: str) -> Preset:
-    """The preset called ``name``; a clear error lists the known names otherwise."""
+    """The preset called ``name``.
+
+    Raises:
+        UnknownPresetError: listing the known names.
+    """
     presets = _by_name()
     if name not in presets:
         known = "\n  ".join(presets)
-        raise KeyError(f"unknown preset {name!r}; known presets:\n  {known}")
+        raise UnknownPresetError(f"unknown preset {name!r}; known presets:\n  {known}")
     return presets[name]
-
-
-def with_model(preset: Preset, **changes: object) -> Preset:
-    """A copy of ``preset`` with some model settings changed."""
-    model = dataclasses.replace(preset.config.model, **changes)  # type: ignore[arg-type]
-    return dataclasses.replace(preset, config=dataclasses.replace(preset.config, model=model))

@@ -8,7 +8,7 @@ own (unpadded) size unless a name says ``xyxy`` (absolute pixels); token order i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -101,7 +101,8 @@ class EncoderTrace:
     Attributes:
         token_indices: list of ``[B, K_l]`` int64 token ids updated by layer ``l``, by
             decreasing foreground score; for image ``b`` only the first ``token_counts[b, l]``
-            entries are real (the rest are filler that influences nothing).
+            entries are real (the rest are filler that influences nothing). One entry per
+            encoder layer (``K_l = 0`` for a layer with nothing to update).
         token_counts: ``[B, num_layers]`` int64 per-image number of tokens of each layer.
         category_scores: list of ``[B, K_l]`` multi-category scores
             (``max class logit * foreground logit``) of the gathered tokens.
@@ -110,11 +111,11 @@ class EncoderTrace:
         dual_attention_counts: ``[B, num_layers]`` int64.
     """
 
-    token_indices: list[Tensor] = field(default_factory=list)
-    token_counts: Tensor | None = None
-    category_scores: list[Tensor] = field(default_factory=list)
-    dual_attention_indices: list[Tensor] = field(default_factory=list)
-    dual_attention_counts: Tensor | None = None
+    token_indices: list[Tensor]
+    token_counts: Tensor
+    category_scores: list[Tensor]
+    dual_attention_indices: list[Tensor]
+    dual_attention_counts: Tensor
 
 
 @dataclass

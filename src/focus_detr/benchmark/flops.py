@@ -18,7 +18,6 @@ written by scatter), and are not included in ``flops``.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,10 +41,6 @@ class OperationCounts:
 
     def total(self, kind: str = "flops") -> float:
         return float(sum(getattr(self, kind).values()))
-
-
-def _numel(shape: torch.Size | tuple[int, ...]) -> int:
-    return int(math.prod(shape))
 
 
 def _registry_macs(func: Callable, args: tuple, kwargs: dict, out: object) -> float:

@@ -18,7 +18,8 @@ import torch
 
 from focus_detr.benchmark.flops import count_operations
 from focus_detr.benchmark.timing import Latency, measure_latency, peak_memory, stage_latency
-from focus_detr.losses import SetCriterion, prepare_targets
+from focus_detr.config import LossConfig
+from focus_detr.losses import build_criterion, prepare_targets
 from focus_detr.models.build import build_model
 from focus_detr.models.detector import FocusDETR
 from focus_detr.profiling import STAGES
@@ -31,7 +32,7 @@ class BenchmarkSettings:
     preset: str = "focus_detr_r50_4scale_12ep"
     height: int = 800
     width: int = 1333
-    batch: int = 1
+    batch_size: int = 1
     device: str = "cpu"
     dtype: str = "float32"
     keep_ratios: tuple[float, ...] = ()
@@ -94,11 +95,10 @@ def _machine(device: torch.device) -> dict[str, str]:
 def _variants(
     model: FocusDETR, keep_ratios: Sequence[float]
 ) -> list[tuple[str, float, tuple[float, ...]]]:
+    """The Focus model at each keep ratio (default: its own), then the dense baseline."""
     cascade = tuple(model.cascade)
-    variants = [(f"focus rho={model.keep_ratio:g}", model.keep_ratio, cascade)]
-    for ratio in keep_ratios:
-        if ratio != model.keep_ratio:
-            variants.append((f"focus rho={ratio:g}", float(ratio), cascade))
+    ratios = dict.fromkeys(float(r) for r in (keep_ratios or (model.keep_ratio,)))
+    variants = [(f"focus rho={ratio:g}", ratio, cascade) for ratio in ratios]
     variants.append(("dense", 1.0, (1.0,) * len(cascade)))
     return variants
 
@@ -117,7 +117,7 @@ def _random_images(settings: BenchmarkSettings, device: torch.device) -> list[to
     shape = (3, settings.height, settings.width)
     return [
         torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8).to(device)
-        for _ in range(settings.batch)
+        for _ in range(settings.batch_size)
     ]
 
 
@@ -165,7 +165,7 @@ def _measure_variant(
                 return model(images)
 
         counts = count_operations(counted_forward)
-        scale = 1.0 / settings.batch
+        scale = 1.0 / settings.batch_size
         result.gflops = {k: v * scale / 1e9 for k, v in counts.flops.items()}
         result.selection_mops = {k: v * scale / 1e6 for k, v in counts.selection.items()}
         result.movement_mops = {k: v * scale / 1e6 for k, v in counts.movement.items()}
@@ -186,7 +186,7 @@ def _measure_training(
     device: torch.device,
     dtype: torch.dtype,
 ) -> None:
-    criterion = SetCriterion(model.num_classes, num_decoder_layers=len(model.decoder.layers))
+    criterion = build_criterion(LossConfig(), model.config)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-6)
     generator = torch.Generator().manual_seed(0)
@@ -231,7 +231,7 @@ def format_report(report: BenchmarkReport) -> str:
     variants = report.variants
     settings = report.settings
     header = (
-        f"{settings.preset}  {settings.height}x{settings.width}  batch {settings.batch}  "
+        f"{settings.preset}  {settings.height}x{settings.width}  batch {settings.batch_size}  "
         f"{settings.device} {settings.dtype}  ({report.machine.get('gpu', report.machine['cpu'])}, "
         f"{report.machine['threads']} threads, torch {report.machine['torch']})"
     )
@@ -252,7 +252,7 @@ def format_report(report: BenchmarkReport) -> str:
         row(f"ms {stage_name}", [f"{1e3 * v.stage_s.get(stage_name, 0.0):.1f}" for v in variants])
     row("ms end-to-end (median)", [f"{1e3 * v.median_s:.1f}" for v in variants])
     row("ms end-to-end (IQR)", [_spread(v.latency_s) for v in variants])
-    row("images / s", [f"{settings.batch / v.median_s:.2f}" for v in variants])
+    row("images / s", [f"{settings.batch_size / v.median_s:.2f}" for v in variants])
     row("peak memory (MB)", [_memory(v.peak_memory_mb) for v in variants])
     if variants[0].train_step_s:
         row(

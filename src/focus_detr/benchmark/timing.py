@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
+import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -102,10 +106,37 @@ def peak_memory(run: Callable[[], object], device: torch.device) -> float:
         return float(torch.cuda.max_memory_allocated(device) - baseline)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+    with (
+        _without_profiler_chatter(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler,
+    ):
         run()
     live = peak = 0
     for event in sorted(profiler.events(), key=lambda e: e.time_range.start):
         live += event.self_cpu_memory_usage
         peak = max(peak, live)
     return float(peak)
+
+
+# What the profiler's native library (Kineto) prints on every start and stop, and on a machine
+# without a GPU; it writes to file descriptor 2 directly, past Python's sys.stderr.
+_PROFILER_CHATTER = ("profiler_start", "profiler_stop", "gpuGetDeviceCount failed")
+
+
+@contextlib.contextmanager
+def _without_profiler_chatter() -> Iterator[None]:
+    """Hold back the profiler's status lines; anything else written to stderr is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(marker in line for marker in _PROFILER_CHATTER):
+                    sys.stderr.write(line)

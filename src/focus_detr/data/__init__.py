@@ -2,9 +2,7 @@
 
 from focus_detr.data.coco import CocoDetection, load_coco_json
 from focus_detr.data.collate import (
-    SeededDataset,
-    SeededSampler,
-    build_dataloader,
+    build_step_dataloader,
     collate_detection,
 )
 from focus_detr.data.synthetic import (
@@ -32,10 +30,8 @@ __all__ = [
     "CocoDetection",
     "RandomCropAbsoluteRange",
     "ResizeShortestEdge",
-    "SeededDataset",
-    "SeededSampler",
     "SyntheticPaths",
-    "build_dataloader",
+    "build_step_dataloader",
     "build_test_transforms",
     "build_train_transforms",
     "clip_and_remove_empty_boxes",

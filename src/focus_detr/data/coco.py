@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from focus_detr.data.transforms import EMPTY_BOX_THRESHOLD, clip_and_remove_empty_boxes
+from focus_detr.errors import DatasetError
 from focus_detr.io import read_image
 
 Target = dict[str, Any]
@@ -140,7 +141,7 @@ class CocoDetection(Dataset):
         orig_size = (int(image.shape[-2]), int(image.shape[-1]))
         stated_size = tuple(self._table.sizes[index].tolist())
         if orig_size != stated_size:
-            raise ValueError(
+            raise DatasetError(
                 f"{path} is {orig_size[0]}x{orig_size[1]} (h x w) but {self.annotation_file} "
                 f"says {stated_size[0]}x{stated_size[1]}"
             )
@@ -177,9 +178,9 @@ def load_coco_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         with path.open("r", encoding="utf-8") as handle:
             data = json.load(handle)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+        raise DatasetError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{path} is not a COCO annotation file (no 'images' list)")
+        raise DatasetError(f"{path} is not a COCO annotation file (no 'images' list)")
     return data
 
 
@@ -193,7 +194,7 @@ def _category_table(
     else:
         ids = [int(c) for c in category_ids]
         if len(set(ids)) != len(ids):
-            raise ValueError(f"category_ids has duplicates: {list(category_ids)}")
+            raise DatasetError(f"category_ids has duplicates: {list(category_ids)}")
     return ids, [names.get(cid, f"category_{cid}") for cid in ids]
 
 
@@ -205,9 +206,9 @@ def _build_table(
     for info in data["images"]:
         missing = {"id", "file_name", "height", "width"} - set(info)
         if missing:
-            raise ValueError(f"{source}: image entry {info.get('id')} lacks {sorted(missing)}")
+            raise DatasetError(f"{source}: image entry {info.get('id')} lacks {sorted(missing)}")
         if int(info["id"]) in images:
-            raise ValueError(f"{source}: duplicate image id {info['id']}")
+            raise DatasetError(f"{source}: duplicate image id {info['id']}")
         images[int(info["id"])] = info
     per_image: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in images}
     counts: Counter[str] = Counter()
@@ -251,14 +252,16 @@ def _image_boxes(
     boxes, labels = [], []
     for annotation in annotations:
         if "bbox" not in annotation or "category_id" not in annotation:
-            raise ValueError(f"{source}: annotation {annotation.get('id')} lacks bbox/category_id")
+            raise DatasetError(
+                f"{source}: annotation {annotation.get('id')} lacks bbox/category_id"
+            )
         label = category_id_to_label.get(int(annotation["category_id"]))
         if label is None:
             counts["dropped (category not among the labels)"] += 1
             continue
         bbox = annotation["bbox"]
         if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
-            raise ValueError(f"{source}: annotation {annotation.get('id')} has bad bbox {bbox}")
+            raise DatasetError(f"{source}: annotation {annotation.get('id')} has bad bbox {bbox}")
         x0, y0, box_width, box_height = (float(v) for v in bbox)
         corners = (x0, y0, x0 + box_width, y0 + box_height)
         clipped = tuple(

@@ -1,16 +1,13 @@
-"""Batching of detection samples and a reproducibly seeded ``DataLoader``.
+"""Batching of detection samples and the reproducible training ``DataLoader``.
 
-Reproducibility: :func:`build_dataloader` gives every sample of every epoch its own seed, drawn
-from ``(seed, epoch)`` in the main process, and runs the dataset's ``__getitem__`` under that
-seed (torch's RNG is forked, so the caller's RNG stream is untouched). Augmentations therefore
-depend only on ``(seed, epoch, position in the epoch)``: the same with 0 or 8 workers, and the
-same after resuming at an epoch (call ``loader.sampler.set_epoch(epoch)``).
-
-Training uses :class:`StepBatchSampler` / :func:`build_step_dataloader` instead: the epochs'
-orders are concatenated into one stream of samples and optimisation step ``s`` takes the samples
-``[s * B, (s + 1) * B)`` of it (``B`` the total batch). The images of a step, and their
-augmentation, then depend only on ``(seed, s)``: not on the number of processes, the gradient
-accumulation, the loader workers, or on where a run was interrupted and resumed.
+Every sample of every epoch gets its own seed, drawn from ``(seed, epoch)`` in the main
+process, and the dataset's ``__getitem__`` runs under that seed (:class:`SeededDataset`; torch's
+RNG is forked, so the caller's stream is untouched). :class:`StepBatchSampler` /
+:func:`build_step_dataloader` concatenate the epochs' orders into one stream of samples and
+optimisation step ``s`` takes the samples ``[s * B, (s + 1) * B)`` of it (``B`` the total
+batch). The images of a step, and their augmentation, then depend only on ``(seed, s)``: not
+on the number of processes, the gradient accumulation, the loader workers, or on where a run
+was interrupted and resumed.
 """
 
 from __future__ import annotations
@@ -81,55 +78,6 @@ def epoch_order(
     return indices, seeds
 
 
-class SeededSampler(Sampler[tuple[int, int]]):
-    """Yields ``(dataset index, sample seed)`` pairs, fresh and reproducible every epoch.
-
-    Args:
-        num_samples: dataset length (used when ``sampler`` is None).
-        shuffle: random order (a permutation drawn from ``(seed, epoch)``).
-        seed: base seed.
-        sampler: optional sampler giving the indices instead (e.g. a ``DistributedSampler``;
-            its ``set_epoch`` is called too).
-
-    Iterating without calling :meth:`set_epoch` moves to the next epoch automatically.
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        sampler: Sampler[int] | None = None,
-    ) -> None:
-        self.num_samples = num_samples
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.sampler = sampler
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order and seeds of ``epoch`` on the next iteration."""
-        self.epoch = int(epoch)
-        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler) if self.sampler is not None else self.num_samples  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.sampler is not None:
-            generator = _epoch_generator(self.seed, self.epoch)
-            indices = [int(i) for i in self.sampler]
-            seeds = torch.randint(0, 2**62, (len(indices),), generator=generator).tolist()
-        else:
-            indices, seeds = epoch_order(
-                self.num_samples, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle
-            )
-        self.set_epoch(self.epoch + 1)
-        return iter(zip(indices, seeds))
-
-
 class SeededDataset(Dataset):
     """Wraps a map-style dataset so that item ``(index, seed)`` is loaded under ``seed``.
 
@@ -160,55 +108,6 @@ def seed_worker(worker_id: int) -> None:
     worker_seed = torch.initial_seed() % 2**32
     random.seed(worker_seed)
     np.random.seed(worker_seed)
-
-
-def build_dataloader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    num_workers: int,
-    seed: int,
-    drop_last: bool,
-    sampler: Sampler[int] | None = None,
-    collate_fn: Callable[[Any], Any] = collate_detection,
-    persistent_workers: bool = False,
-) -> DataLoader:
-    """``DataLoader`` of ``(ImageBatch, targets)`` with reproducible order and augmentation.
-
-    Args:
-        dataset: map-style dataset of ``(image, target)`` pairs.
-        batch_size: images per batch.
-        shuffle: random order each epoch (not with ``sampler``).
-        num_workers: loader processes (0 loads in the calling process).
-        seed: base seed of the order and of every sample's augmentation.
-        drop_last: drop the last incomplete batch.
-        sampler: optional index sampler (e.g. ``DistributedSampler``) replacing the order.
-        collate_fn: batch builder, :func:`collate_detection` by default.
-        persistent_workers: keep workers alive between epochs.
-
-    Returns:
-        A ``DataLoader`` whose ``sampler`` is a :class:`SeededSampler` (call its ``set_epoch``
-        when resuming) and whose ``dataset`` is a :class:`SeededDataset` around ``dataset``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    if sampler is not None and shuffle:
-        raise ValueError("shuffle must be False when a sampler is given (the sampler orders)")
-    seeded_sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=seed, sampler=sampler)  # type: ignore[arg-type]
-    return DataLoader(
-        SeededDataset(dataset),
-        batch_size=batch_size,
-        sampler=seeded_sampler,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        drop_last=drop_last,
-        worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(int(seed)),
-        persistent_workers=persistent_workers and num_workers > 0,
-    )
 
 
 def micro_batch_size(total_batch_size: int, world_size: int, grad_accumulation: int) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,14 +144,3 @@ def broadcast_object(value: Any, source: int = 0) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=source)
     return holder[0]
-
-
-def barrier() -> None:
-    """Wait for every process."""
-    if is_distributed():
-        dist.barrier()
-
-
-def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
-    """Every ``world_size``-th item starting at ``rank`` (evaluation sharding)."""
-    return list(items[rank::world_size])

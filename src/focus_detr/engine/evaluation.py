@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from faster_coco_eval import COCO, COCOeval_faster
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
@@ -155,6 +154,8 @@ def evaluate_detections(
             num_images=len(selected),
             num_detections=num_detections,
         )
+    from faster_coco_eval import COCO, COCOeval_faster  # loads on first use
+
     coco_gt = COCO(gt_data, print_function=logger.debug)
     coco_dt = coco_gt.loadRes(detections)
     evaluator = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=logger.debug)
@@ -177,7 +178,7 @@ def _defined(value: float) -> float:
     return math.nan if value < 0 else float(value)
 
 
-def _per_class_ap(evaluator: COCOeval_faster) -> dict[int, float]:
+def _per_class_ap(evaluator: Any) -> dict[int, float]:
     """AP over IoU 0.50:0.95, all areas, 100 detections, of each category (detectron2's way)."""
     precision = np.asarray(evaluator.eval["precision"])  # [T, R, K, A, M]
     per_class = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,9 @@ from focus_detr.engine.evaluation import (
     to_coco_results,
     write_results_json,
 )
-from focus_detr.inference import resolve_test_size
+
+if TYPE_CHECKING:
+    from focus_detr.models.detector import FocusDETR
 
 
 def evaluate(
@@ -37,7 +39,7 @@ def evaluate(
     *,
     batch_size: int = 1,
     device: torch.device | str | None = None,
-    min_size: int | Literal["model"] | None = "model",
+    min_size: int | None = None,
     max_size: int | None = None,
     num_workers: int = 0,
     category_ids: Sequence[int] | None = None,
@@ -53,11 +55,11 @@ def evaluate(
             eval mode for the call and returned to its previous mode.
         dataset: a :class:`~focus_detr.data.CocoDetection` (needs ``annotation_file``,
             ``image_ids`` and ``category_ids``); its own transforms are replaced by the test
-            resize unless ``min_size`` is None.
+            resize.
         batch_size: images per forward pass.
         device: where to run (the model is moved there; default: the model's device).
-        min_size / max_size: test resize; by default the model's ``test_size`` (its recipe's:
-            800/1333 for the zoo presets), ``min_size=None`` keeps the dataset's transforms.
+        min_size / max_size: test resize; by default the model's recipe (``model.config``,
+            see :meth:`~focus_detr.config.ModelConfig.test_resize`; 800/1333 for the zoo).
         num_workers: loader processes.
         category_ids: label -> COCO category id (default ``dataset.category_ids``); detections
             of labels beyond it are dropped.
@@ -75,7 +77,7 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     label_to_id = list(category_ids if category_ids is not None else dataset.category_ids)
-    core = unwrap_model(model)
+    core = cast("FocusDETR", unwrap_model(model))
     if device is not None:
         core.to(device)
     was_training = core.training
@@ -85,7 +87,7 @@ def evaluate(
         with torch.random.fork_rng(devices=_cuda_devices(device, core)):
             results = _detect(
                 core,
-                _with_test_transforms(dataset, _test_size(core, min_size, max_size)),
+                _with_test_transforms(dataset, core.config.test_resize(min_size, max_size)),
                 batch_size=batch_size,
                 device=torch.device(device) if device is not None else _model_device(core),
                 num_workers=num_workers,
@@ -187,18 +189,8 @@ def _score(
     return broadcast_object(evaluation)
 
 
-def _test_size(
-    model: nn.Module, min_size: int | Literal["model"] | None, max_size: int | None
-) -> tuple[int, int] | None:
-    if min_size is None:
-        return None
-    return resolve_test_size(model, None if min_size == "model" else min_size, max_size)
-
-
-def _with_test_transforms(dataset: Any, size: tuple[int, int] | None) -> Any:
+def _with_test_transforms(dataset: Any, size: tuple[int, int]) -> Any:
     """A shallow copy of ``dataset`` whose transforms are the test resize ``size``."""
-    if size is None:
-        return dataset
     if not hasattr(dataset, "transforms"):
         raise ValueError("the dataset has no 'transforms' attribute to set the test resize on")
     view = copy.copy(dataset)

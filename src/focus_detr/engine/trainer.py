@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from focus_detr.checkpoint import CheckpointError
-from focus_detr.config import Config, config_to_dict
+from focus_detr.config import Config, config_from_dict, config_to_dict
 from focus_detr.data.collate import build_step_dataloader, micro_batch_size
 from focus_detr.engine.checkpointing import (
     FINAL_MODEL,
@@ -61,7 +61,7 @@ from focus_detr.engine.step import (
     StepResult,
     autocast_dtype,
 )
-from focus_detr.losses import SetCriterion
+from focus_detr.losses import build_criterion
 from focus_detr.models.build import build_model
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "train"]
@@ -161,7 +161,6 @@ class Trainer:
     def _build_model(self, backbone_weights: str | os.PathLike[str] | None) -> nn.Module:
         seed_everything(self.train_cfg.seed)  # identical initial weights on every process
         model = build_model(self.config.model)
-        model.test_size = (self.train_cfg.test_min_size, self.train_cfg.test_max_size)
         if backbone_weights is not None:
             report = load_backbone_weights(model, backbone_weights)
             self.log(report.summary())
@@ -173,10 +172,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.train_cfg)
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.amp == "fp16")
-        model_cfg = self.config.model
-        self.criterion = SetCriterion(
-            model_cfg.num_classes, num_decoder_layers=model_cfg.num_decoder_layers
-        ).to(self.device)
+        self.criterion = build_criterion(self.config.loss, self.config.model).to(self.device)
         return OptimizationStep(
             model=self.model,
             forward_model=self._wrap_ddp(find_unused_parameters),
@@ -207,7 +203,7 @@ class Trainer:
             self.log(f"no checkpoint in {self.output_dir}: starting from scratch")
             return
         path, state = found
-        if state["config"].get("model") != config_to_dict(self.config.model):
+        if config_from_dict(state["config"]).model != self.config.model:
             raise CheckpointError(
                 f"{path} was written for another model configuration; use another --out"
             )
@@ -370,8 +366,6 @@ class Trainer:
             self.val_dataset,
             batch_size=max(self.micro_batch, 1),
             device=self.device,
-            min_size=self.train_cfg.test_min_size,
-            max_size=self.train_cfg.test_max_size,
             num_workers=min(self.train_cfg.num_workers, 2),
             category_ids=getattr(self.train_dataset, "category_ids", None),
             autocast_dtype=self.autocast_dtype,

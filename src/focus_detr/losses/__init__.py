@@ -7,12 +7,12 @@ from focus_detr.losses.criterion import (
     FOREGROUND_LOSS_NAME,
     SetCriterion,
     average_num_boxes,
+    build_criterion,
     default_weight_dict,
     prepare_targets,
 )
 from focus_detr.losses.focal import sigmoid_focal_loss
 from focus_detr.losses.foreground import (
-    DEFAULT_LEVEL_RANGES,
     default_level_ranges,
     foreground_loss,
     foreground_targets,
@@ -21,12 +21,12 @@ from focus_detr.losses.matcher import HungarianMatcher, MatchIndices
 
 __all__ = [
     "BASE_LOSS_WEIGHTS",
-    "DEFAULT_LEVEL_RANGES",
     "FOREGROUND_LOSS_NAME",
     "HungarianMatcher",
     "MatchIndices",
     "SetCriterion",
     "average_num_boxes",
+    "build_criterion",
     "default_level_ranges",
     "default_weight_dict",
     "foreground_loss",

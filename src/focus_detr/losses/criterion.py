@@ -19,13 +19,14 @@ denoising).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from focus_detr.losses.focal import sigmoid_focal_loss
-from focus_detr.losses.foreground import foreground_loss, foreground_targets
+from focus_detr.losses.foreground import LevelRanges, foreground_loss, foreground_targets
 from focus_detr.losses.matcher import HungarianMatcher, MatchIndices
 from focus_detr.ops.boxes import (
     box_cxcywh_to_xyxy,
@@ -34,20 +35,28 @@ from focus_detr.ops.boxes import (
 )
 from focus_detr.structures import DenoisingOutput, FocusDETROutput
 
+if TYPE_CHECKING:
+    from focus_detr.config import LossConfig, ModelConfig
+
 BASE_LOSS_WEIGHTS: dict[str, float] = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 FOREGROUND_LOSS_NAME = "select_loss"
 
 
 def default_weight_dict(
-    num_decoder_layers: int = 6, foreground_weight: float = 1.5
+    num_decoder_layers: int = 6,
+    foreground_weight: float = 1.5,
+    *,
+    class_weight: float = BASE_LOSS_WEIGHTS["loss_class"],
+    box_weight: float = BASE_LOSS_WEIGHTS["loss_bbox"],
+    giou_weight: float = BASE_LOSS_WEIGHTS["loss_giou"],
 ) -> dict[str, float]:
-    """The single loss-weight table: class 1, bbox 5, giou 2 for every group, foreground 1.5."""
+    """The single loss-weight table: the same class / L1 / GIoU weights (1 / 5 / 2 by default)
+    for every group (final, auxiliary, two-stage, denoising), and the foreground weight."""
     suffixes = ["", "_enc", "_dn"]
     suffixes += [f"_{i}" for i in range(num_decoder_layers - 1)]
     suffixes += [f"_dn_{i}" for i in range(num_decoder_layers - 1)]
-    table = {
-        name + suffix: weight for suffix in suffixes for name, weight in BASE_LOSS_WEIGHTS.items()
-    }
+    weights = {"loss_class": class_weight, "loss_bbox": box_weight, "loss_giou": giou_weight}
+    table = {name + suffix: weight for suffix in suffixes for name, weight in weights.items()}
     table[FOREGROUND_LOSS_NAME] = foreground_weight
     return table
 
@@ -118,6 +127,10 @@ class SetCriterion(nn.Module):
         focal_gamma: focal loss focusing exponent.
         foreground_weight: weight of ``select_loss`` in the default table.
         num_decoder_layers: number of decoder layers the default table covers.
+        level_ranges: per feature level, the ``(low, high]`` object scale its foreground
+            tokens supervise (default :func:`~focus_detr.losses.default_level_ranges`).
+
+    :func:`build_criterion` makes one from a :class:`~focus_detr.config.LossConfig`.
     """
 
     def __init__(
@@ -130,6 +143,7 @@ class SetCriterion(nn.Module):
         focal_gamma: float = 2.0,
         foreground_weight: float = 1.5,
         num_decoder_layers: int = 6,
+        level_ranges: LevelRanges | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -141,6 +155,7 @@ class SetCriterion(nn.Module):
         if weight_dict is None:
             weight_dict = default_weight_dict(num_decoder_layers, foreground_weight)
         self.weight_dict: dict[str, float] = dict(weight_dict)
+        self.level_ranges = level_ranges
 
     def forward(
         self,
@@ -300,7 +315,7 @@ class SetCriterion(nn.Module):
             )
             # Scale then convert, in this order, as detrex does (same float rounding).
             boxes_xyxy.append(box_cxcywh_to_xyxy(boxes * scale))
-        labels01 = foreground_targets(outputs.tokens, boxes_xyxy)
+        labels01 = foreground_targets(outputs.tokens, boxes_xyxy, self.level_ranges)
         return foreground_loss(
             outputs.foreground_logits,
             labels01,
@@ -363,3 +378,30 @@ def _denoising_indices(
         group_offset = torch.arange(num_groups).repeat_interleave(num_targets) * group_size
         indices.append((group_offset + target_index, target_index))
     return indices
+
+
+def build_criterion(loss: LossConfig, model: ModelConfig) -> SetCriterion:
+    """The criterion of a :class:`~focus_detr.config.LossConfig` for a model of ``model``'s
+    classes, decoder depth and feature levels (the defaults give detrex's criterion)."""
+    matcher = HungarianMatcher(
+        loss.match_class_cost,
+        loss.match_box_cost,
+        loss.match_giou_cost,
+        alpha=loss.focal_alpha,
+        gamma=loss.focal_gamma,
+    )
+    weights = default_weight_dict(
+        model.num_decoder_layers,
+        loss.foreground_weight,
+        class_weight=loss.class_weight,
+        box_weight=loss.box_weight,
+        giou_weight=loss.giou_weight,
+    )
+    return SetCriterion(
+        model.num_classes,
+        matcher,
+        weight_dict=weights,
+        focal_alpha=loss.focal_alpha,
+        focal_gamma=loss.focal_gamma,
+        level_ranges=loss.level_ranges(model.num_levels),
+    )

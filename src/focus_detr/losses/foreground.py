@@ -8,41 +8,23 @@ large objects the coarse ones.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from focus_detr.config import LossConfig
 from focus_detr.losses.focal import sigmoid_focal_loss
 from focus_detr.structures import TokenLayout
 
 LevelRanges = Sequence[tuple[float, float]]
 
-#: ``(low, high]`` ranges of the largest centre-to-side distance, in pixels, per level.
-DEFAULT_LEVEL_RANGES: tuple[tuple[float, float], ...] = (
-    (-1.0, 64.0),
-    (64.0, 128.0),
-    (128.0, 256.0),
-    (256.0, math.inf),
-)
-
 
 def default_level_ranges(num_levels: int) -> tuple[tuple[float, float], ...]:
-    """Scale ranges for ``num_levels`` levels: ``(-1, 64], (64, 128], ..., (2^(L+4), inf)``.
-
-    For 4 levels this is :data:`DEFAULT_LEVEL_RANGES` (detrex's ``limit_range``). Level ``l``
-    covers ``(2^(l+5), 2^(l+6)]`` (the first starts at -1) and the coarsest level is unbounded
-    above, so that every object size has a level.
-    """
-    if num_levels < 1:
-        raise ValueError(f"num_levels must be >= 1, got {num_levels}")
-    ranges = []
-    for level in range(num_levels):
-        low = -1.0 if level == 0 else float(2 ** (level + 5))
-        high = math.inf if level == num_levels - 1 else float(2 ** (level + 6))
-        ranges.append((low, high))
-    return tuple(ranges)
+    """Scale ranges of the default :class:`~focus_detr.config.LossConfig`: ``(-1, 64]``,
+    ``(64, 128]``, ``(128, 256]``, ..., the coarsest level unbounded above (detrex's
+    ``limit_range`` for 4 levels), so that every object size has a level."""
+    return LossConfig().level_ranges(num_levels)
 
 
 def foreground_targets(

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from focus_detr.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
@@ -118,6 +117,8 @@ class HungarianMatcher:
             ValueError: on inconsistent shapes, or if a cost among the valid queries is NaN or
                 infinite (non-finite predictions are a training bug that must not be hidden).
         """
+        from scipy.optimize import linear_sum_assignment  # SciPy loads on first use
+
         _check_inputs(logits, boxes, targets, query_mask)
         sizes = [len(t["labels"]) for t in targets]
         if sum(sizes) == 0:

@@ -1,12 +1,35 @@
-"""Standard multi-head attention, the feed-forward block and small MLP heads."""
+"""Standard multi-head attention, the feed-forward block, small MLP heads and the settings
+every transformer layer shares."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """Widths shared by the encoder and decoder layers.
+
+    Attributes:
+        embed_dim: token width.
+        num_heads: attention heads (self-attention and deformable attention).
+        num_levels: feature levels the deformable attention samples.
+        num_points: deformable sampling points per head and level.
+        feedforward_dim: hidden width of the FFN.
+        dropout: dropout of attention and FFN outputs.
+    """
+
+    embed_dim: int
+    num_heads: int
+    num_levels: int
+    num_points: int
+    feedforward_dim: int
+    dropout: float
 
 
 class MultiheadAttention(nn.Module):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TypedDict
 
 import torch
 from torch import nn
 
 from focus_detr.config import ModelConfig
+from focus_detr.models.attention import LayerSettings
 from focus_detr.models.backbone_resnet import ResNet
 from focus_detr.models.backbone_swin import SwinTransformer, swin_config
 from focus_detr.models.decoder import Decoder
@@ -50,8 +50,10 @@ def build_model(
         dtype: parameter dtype (e.g. ``torch.float64`` for parity checks).
         device: where to put the model.
         overrides: model settings to change, e.g. ``num_classes=3`` or ``keep_ratio=0.3``.
+
+    The model keeps its configuration (preprocessing and test resize included) as
+    ``model.config``.
     """
-    recipe = get_preset(preset).config.train if isinstance(preset, str) else None
     config = get_preset(preset).config.model if isinstance(preset, str) else preset
     if overrides:
         config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
@@ -60,21 +62,7 @@ def build_model(
         model = model.to(dtype)
     if device is not None:
         model = model.to(device)
-    model.config = config
-    if recipe is not None:
-        model.test_size = (recipe.test_min_size, recipe.test_max_size)
     return model
-
-
-class _LayerSettings(TypedDict):
-    """Settings shared by the encoder and decoder layers."""
-
-    embed_dim: int
-    num_heads: int
-    num_levels: int
-    num_points: int
-    feedforward_dim: int
-    dropout: float
 
 
 def _assemble(config: ModelConfig) -> FocusDETR:
@@ -85,7 +73,7 @@ def _assemble(config: ModelConfig) -> FocusDETR:
         out_channels=config.embed_dim,
         num_levels=config.num_levels,
     )
-    layers = _LayerSettings(
+    layers = LayerSettings(
         embed_dim=config.embed_dim,
         num_heads=config.num_heads,
         num_levels=config.num_levels,
@@ -95,30 +83,11 @@ def _assemble(config: ModelConfig) -> FocusDETR:
     )
     encoder = FocusEncoder(
         config.num_encoder_layers,
+        layers,
         num_dual_attention_tokens=config.num_dual_attention_tokens,
-        **layers,
     )
-    decoder = Decoder(config.num_decoder_layers, **layers)
-    model = FocusDETR(
-        backbone=backbone,
-        neck=neck,
-        encoder=encoder,
-        decoder=decoder,
-        num_classes=config.num_classes,
-        embed_dim=config.embed_dim,
-        num_levels=config.num_levels,
-        num_queries=config.num_queries,
-        keep_ratio=config.keep_ratio,
-        cascade=tuple(config.cascade),
-        num_detections=config.num_detections,
-        position_temperature=config.position_temperature,
-        position_offset=config.position_offset,
-        num_denoising_queries=config.num_denoising_queries,
-        label_noise_ratio=config.label_noise_ratio,
-        box_noise_scale=config.box_noise_scale,
-        pixel_mean=config.pixel_mean,
-        pixel_std=config.pixel_std,
-    )
+    decoder = Decoder(config.num_decoder_layers, layers)
+    model = FocusDETR(backbone=backbone, neck=neck, encoder=encoder, decoder=decoder, config=config)
     _init_transformer(model)
     return model
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from focus_detr.models.attention import MLP, FeedForward, MultiheadAttention
+from focus_detr.models.attention import MLP, FeedForward, LayerSettings, MultiheadAttention
 from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
 from focus_detr.models.position_encoding import box_sine_embedding
 from focus_detr.ops.boxes import inverse_sigmoid
@@ -34,24 +34,15 @@ class DecoderMemory:
 class DecoderLayer(nn.Module):
     """Self-attention, deformable cross-attention and FFN (post-norm)."""
 
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        num_levels: int,
-        num_points: int,
-        feedforward_dim: int,
-        dropout: float,
-    ) -> None:
+    def __init__(self, settings: LayerSettings) -> None:
         super().__init__()
-        self.self_attention = MultiheadAttention(embed_dim, num_heads, dropout)
-        self.self_attention_norm = nn.LayerNorm(embed_dim)
-        self.cross_attention = MultiScaleDeformableAttention(
-            embed_dim, num_heads, num_levels, num_points, dropout
-        )
-        self.cross_attention_norm = nn.LayerNorm(embed_dim)
-        self.ffn = FeedForward(embed_dim, feedforward_dim, dropout)
-        self.ffn_norm = nn.LayerNorm(embed_dim)
+        dim, dropout = settings.embed_dim, settings.dropout
+        self.self_attention = MultiheadAttention(dim, settings.num_heads, dropout)
+        self.self_attention_norm = nn.LayerNorm(dim)
+        self.cross_attention = MultiScaleDeformableAttention.from_settings(settings)
+        self.cross_attention_norm = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, settings.feedforward_dim, dropout)
+        self.ffn_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -92,33 +83,20 @@ class DecoderOutput:
     Attributes:
         hidden: ``[L, B, Q, D]`` each layer's output after the shared output norm.
         references: ``[L, B, Q, 4]`` refined reference boxes (undetached) after each layer.
-        inputs: ``[L, B, Q, 4]`` reference boxes each layer received.
     """
 
     hidden: Tensor
     references: Tensor
-    inputs: Tensor
 
 
 class Decoder(nn.Module):
     """Stack of :class:`DecoderLayer` with box refinement by the per-layer box heads."""
 
-    def __init__(
-        self,
-        num_layers: int,
-        embed_dim: int,
-        num_heads: int,
-        num_levels: int,
-        num_points: int,
-        feedforward_dim: int,
-        dropout: float,
-    ) -> None:
+    def __init__(self, num_layers: int, settings: LayerSettings) -> None:
         super().__init__()
+        embed_dim = settings.embed_dim
         self.embed_dim = embed_dim
-        self.layers = nn.ModuleList(
-            DecoderLayer(embed_dim, num_heads, num_levels, num_points, feedforward_dim, dropout)
-            for _ in range(num_layers)
-        )
+        self.layers = nn.ModuleList(DecoderLayer(settings) for _ in range(num_layers))
         self.query_position_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
         self.output_norm = nn.LayerNorm(embed_dim)
 
@@ -136,7 +114,7 @@ class Decoder(nn.Module):
         ``query_padding_mask`` ``[B, Q]`` marks filler queries (never attended to);
         ``self_attention_mask`` ``[Q, Q]`` blocks pairs (denoising groups).
         """
-        hidden, refined, inputs = [], [], []
+        hidden, refined = [], []
         for layer, box_head in zip(self.layers, box_heads):
             # The sine embedding uses the reference in the image's own coordinates (detrex
             # scales it by the level-0 valid ratio: identical without padding, batch-dependent
@@ -153,10 +131,7 @@ class Decoder(nn.Module):
                 query_padding_mask,
             )
             new_references = (box_head(queries) + inverse_sigmoid(references)).sigmoid()
-            inputs.append(references)
             hidden.append(self.output_norm(queries))
             refined.append(new_references)
             references = new_references.detach()
-        return DecoderOutput(
-            hidden=torch.stack(hidden), references=torch.stack(refined), inputs=torch.stack(inputs)
-        )
+        return DecoderOutput(hidden=torch.stack(hidden), references=torch.stack(refined))

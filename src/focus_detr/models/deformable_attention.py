@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from focus_detr.ops.deformable_attention import multi_scale_deformable_attention
+from focus_detr.models.attention import LayerSettings
+from focus_detr.ops.deformable_attention_dispatch import multi_scale_deformable_attention
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -51,6 +52,17 @@ class MultiScaleDeformableAttention(nn.Module):
         self.output_proj = nn.Linear(embed_dim, embed_dim)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
+
+    @classmethod
+    def from_settings(cls, settings: LayerSettings) -> MultiScaleDeformableAttention:
+        """The deformable attention of a transformer layer with these settings."""
+        return cls(
+            settings.embed_dim,
+            settings.num_heads,
+            settings.num_levels,
+            settings.num_points,
+            settings.dropout,
+        )
 
     def reset_parameters(self) -> None:
         """Deformable DETR's initialisation: points start on rings around the reference."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from itertools import pairwise
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -32,12 +32,23 @@ from focus_detr.profiling import stage
 from focus_detr.structures import (
     DenoisingOutput,
     DenoisingQueries,
-    EncoderTrace,
     FocusDETROutput,
     ImageBatch,
 )
 
 ImagesInput = ImageBatch | Sequence[Tensor] | Tensor
+
+
+@dataclass(frozen=True)
+class _DecodedQueries:
+    """Decoder results of the matching queries (and of the denoising queries apart)."""
+
+    logits: Tensor
+    boxes: Tensor
+    initial_references: Tensor
+    references: Tensor
+    last_hidden: Tensor
+    denoising: DenoisingOutput | None
 
 
 class FocusDETR(nn.Module):
@@ -51,20 +62,17 @@ class FocusDETR(nn.Module):
     In training, ``model(images, targets, raw=True)`` adds the denoising queries; ``targets``
     are dicts with ``labels`` and ``boxes`` (cxcywh normalised to each image).
 
-    ``keep_ratio`` and ``cascade`` (see :class:`~focus_detr.config.ModelConfig`) are plain
-    attributes: change them with :meth:`set_keep_ratio` at any time.
-
-    ``test_size`` is the test-time resize the model's training recipe uses (short side, long-side
-    limit; 800/1333 for the COCO presets): :class:`~focus_detr.Predictor` and ``focus-detr
-    predict`` resize to it by default. :func:`focus_detr.build_model` sets it from the preset,
-    :func:`focus_detr.load_model` from the checkpoint's recipe.
+    ``model.config`` is the :class:`~focus_detr.config.ModelConfig` the model was built from and
+    the only place its settings live: the token budget (``keep_ratio``, ``cascade``; change it
+    with :meth:`set_keep_ratio` at any time), the pixel normalisation and the recipe's test-time
+    resize (``test_min_size`` / ``test_max_size``, which :class:`~focus_detr.Predictor`,
+    :func:`~focus_detr.evaluate`, the trainer and the CLI read). Checkpoints store it.
     """
 
     backbone: ResNet | SwinTransformer
     neck: ChannelMapper
     encoder: FocusEncoder
     decoder: Decoder
-    config: ModelConfig
 
     def __init__(
         self,
@@ -73,31 +81,20 @@ class FocusDETR(nn.Module):
         neck: ChannelMapper,
         encoder: FocusEncoder,
         decoder: Decoder,
-        num_classes: int,
-        embed_dim: int,
-        num_levels: int,
-        num_queries: int,
-        keep_ratio: float,
-        cascade: tuple[float, ...],
-        num_detections: int,
-        position_temperature: float,
-        position_offset: float,
-        num_denoising_queries: int,
-        label_noise_ratio: float,
-        box_noise_scale: float,
-        pixel_mean: tuple[float, float, float],
-        pixel_std: tuple[float, float, float],
+        config: ModelConfig,
     ) -> None:
         super().__init__()
+        embed_dim, num_classes = config.embed_dim, config.num_classes
+        self.config = config
         self.backbone = backbone
         self.neck = neck
-        self.level_embeddings = nn.Parameter(torch.empty(num_levels, embed_dim).normal_())
+        self.level_embeddings = nn.Parameter(torch.empty(config.num_levels, embed_dim).normal_())
         self.token_projection = TokenProjection(embed_dim)
-        self.foreground_scorer = ForegroundScorer(embed_dim, num_levels)
+        self.foreground_scorer = ForegroundScorer(embed_dim, config.num_levels)
         self.encoder = encoder
         self.two_stage_class_head = nn.Linear(embed_dim, num_classes)
         self.two_stage_box_head = MLP(embed_dim, embed_dim, 4, 3)
-        self.query_embeddings = nn.Embedding(num_queries, embed_dim)
+        self.query_embeddings = nn.Embedding(config.num_queries, embed_dim)
         self.decoder = decoder
         num_decoder_layers = len(decoder.layers)
         self.class_heads = nn.ModuleList(
@@ -107,19 +104,6 @@ class FocusDETR(nn.Module):
             MLP(embed_dim, embed_dim, 4, 3) for _ in range(num_decoder_layers)
         )
         self.denoising_label_embedding = nn.Embedding(num_classes, embed_dim)
-        self.num_classes = num_classes
-        self.num_queries = num_queries
-        self.num_detections = num_detections
-        self.position_temperature = position_temperature
-        self.position_offset = position_offset
-        self.num_denoising_queries = num_denoising_queries
-        self.label_noise_ratio = label_noise_ratio
-        self.box_noise_scale = box_noise_scale
-        self.pixel_mean = pixel_mean
-        self.pixel_std = pixel_std
-        self.keep_ratio = keep_ratio
-        self.cascade = cascade
-        self.test_size: tuple[int, int] = (800, 1333)
         self._init_heads()
 
     def _init_heads(self) -> None:
@@ -131,19 +115,31 @@ class FocusDETR(nn.Module):
             nn.init.zeros_(box_head.layers[-1].bias)
         nn.init.xavier_uniform_(self.query_embeddings.weight)
 
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def keep_ratio(self) -> float:
+        """Fraction of each image's tokens the encoder updates (``config.keep_ratio``)."""
+        return self.config.keep_ratio
+
+    @property
+    def cascade(self) -> tuple[float, ...]:
+        """Per encoder layer, the fraction of the kept tokens it updates (``config.cascade``)."""
+        return self.config.cascade
+
     def set_keep_ratio(self, keep_ratio: float, cascade: Sequence[float] | None = None) -> None:
-        """Change the token budget (e.g. 1.0 and a cascade of ones for the dense baseline)."""
-        cascade = tuple(float(c) for c in (self.cascade if cascade is None else cascade))
-        if not 0.0 < keep_ratio <= 1.0:
-            raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
-        if len(cascade) != len(self.encoder.layers):
-            raise ValueError(
-                f"cascade needs {len(self.encoder.layers)} entries, got {len(cascade)}"
-            )
-        if any(not 0.0 < c <= 1.0 for c in cascade) or any(a < b for a, b in pairwise(cascade)):
-            raise ValueError(f"cascade must be non-increasing values in (0, 1], got {cascade}")
-        self.keep_ratio = float(keep_ratio)
-        self.cascade = cascade
+        """Change the token budget (e.g. 1.0 and a cascade of ones for the dense baseline).
+
+        Raises:
+            ConfigError: (a ``ValueError``) for a ratio outside (0, 1] or a cascade that does
+                not fit the encoder.
+        """
+        changes: dict[str, object] = {"keep_ratio": keep_ratio}
+        if cascade is not None:
+            changes["cascade"] = tuple(cascade)
+        self.config = dataclasses.replace(self.config, **changes)  # type: ignore[arg-type]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -160,7 +156,14 @@ class FocusDETR(nn.Module):
         *,
         raw: bool = False,
     ) -> list[dict[str, Tensor]] | FocusDETROutput:
-        """Detect objects; see the class docstring for inputs and outputs."""
+        """Detect objects; see the class docstring for inputs and outputs.
+
+        The return type depends on ``raw`` alone, never on the training mode.
+        """
+        if targets is not None and not raw:
+            raise ValueError(
+                "targets only feed the denoising queries of the raw outputs: pass raw=True"
+            )
         batch = self._as_batch(images)
         pixels, image_sizes = self._normalise(batch)
         padded = bool(
@@ -177,8 +180,8 @@ class FocusDETR(nn.Module):
                 image_sizes,
                 self.neck.strides,
                 self.level_embeddings,
-                temperature=self.position_temperature,
-                offset=self.position_offset,
+                temperature=self.config.position_temperature,
+                offset=self.config.position_offset,
             )
             foreground_logits = self._score_foreground(tokens)
         with stage("encoder"):
@@ -197,9 +200,27 @@ class FocusDETR(nn.Module):
                 self.keep_ratio,
                 self.cascade,
             )
-        output = self._decode(memory, tokens, targets)
-        output = dataclasses.replace(
-            output, foreground_logits=foreground_logits, encoder=trace, image_sizes=image_sizes
+        with stage("query_selection"):
+            selected = self._select_queries(memory, tokens)
+        with stage("decoder"):
+            decoded = self._decode(memory, tokens, selected, targets)
+        output = FocusDETROutput(
+            logits=decoded.logits,
+            boxes=decoded.boxes,
+            query_mask=selected.query_mask,
+            proposal_logits=selected.logits,
+            proposal_boxes=selected.box_logits.sigmoid(),
+            proposal_token_indices=selected.token_indices,
+            foreground_logits=foreground_logits,
+            tokens=tokens.layout,
+            image_sizes=image_sizes,
+            encoder=trace,
+            initial_references=decoded.initial_references,
+            decoder_references=decoded.references,
+            decoder_last_hidden=decoded.last_hidden,
+            proposal_hidden=selected.hidden,
+            memory=memory,
+            denoising=decoded.denoising,
         )
         if raw:
             return output
@@ -208,7 +229,7 @@ class FocusDETR(nn.Module):
                 output.pred_logits,
                 output.pred_boxes,
                 image_sizes,
-                self.num_detections,
+                self.config.num_detections,
                 output.query_mask,
             )
 
@@ -258,8 +279,8 @@ class FocusDETR(nn.Module):
             pixels = batch.pixels.to(self.dtype) * 255.0
         else:
             raise ValueError(f"ImageBatch pixels must be uint8 or float, got {batch.pixels.dtype}")
-        mean = torch.tensor(self.pixel_mean, dtype=torch.float64).to(pixels).view(1, 3, 1, 1)
-        std = torch.tensor(self.pixel_std, dtype=torch.float64).to(pixels).view(1, 3, 1, 1)
+        mean = torch.tensor(self.config.pixel_mean, dtype=torch.float64).to(pixels).view(1, 3, 1, 1)
+        std = torch.tensor(self.config.pixel_std, dtype=torch.float64).to(pixels).view(1, 3, 1, 1)
         image_sizes = batch.image_sizes.to(pixels.device)
         return zero_padding((pixels - mean) / std, image_sizes), image_sizes
 
@@ -277,31 +298,26 @@ class FocusDETR(nn.Module):
             tokens.padding_mask,
         )
 
-    def _decode(
-        self, memory: Tensor, tokens: Tokens, targets: list[dict[str, Tensor]] | None
-    ) -> FocusDETROutput:
-        """Two-stage query selection, (denoising,) decoder and prediction heads."""
-        with stage("query_selection"):
-            projected = self.token_projection(memory, tokens.proposals.valid)
-            selected = select_queries(
-                projected,
-                tokens.proposals,
-                tokens.padding_mask,
-                self.two_stage_class_head,
-                self.two_stage_box_head,
-                self.num_queries,
-            )
-        with stage("decoder"):
-            return self._decode_selected(memory, tokens, targets, selected)
+    def _select_queries(self, memory: Tensor, tokens: Tokens) -> SelectedQueries:
+        """Two-stage proposals: the best ``num_queries`` tokens of the encoder memory."""
+        projected = self.token_projection(memory, tokens.proposals.valid)
+        return select_queries(
+            projected,
+            tokens.proposals,
+            tokens.padding_mask,
+            self.two_stage_class_head,
+            self.two_stage_box_head,
+            self.config.num_queries,
+        )
 
-    def _decode_selected(
+    def _decode(
         self,
         memory: Tensor,
         tokens: Tokens,
-        targets: list[dict[str, Tensor]] | None,
         selected: SelectedQueries,
-    ) -> FocusDETROutput:
-        """Decoder and prediction heads on the selected queries."""
+        targets: list[dict[str, Tensor]] | None,
+    ) -> _DecodedQueries:
+        """(Denoising queries,) decoder and prediction heads on the selected queries."""
         batch, count = selected.token_indices.shape
         queries = self.query_embeddings.weight[:count][None].expand(batch, count, -1)
         initial_references = selected.box_logits.detach().sigmoid()
@@ -349,36 +365,27 @@ class FocusDETR(nn.Module):
                 num_groups=denoising.num_groups,
                 group_size=denoising.group_size,
             )
-        return FocusDETROutput(
+        return _DecodedQueries(
             logits=logits[:, :, num_dn:],
             boxes=boxes[:, :, num_dn:],
-            query_mask=selected.query_mask,
-            proposal_logits=selected.logits,
-            proposal_boxes=selected.box_logits.sigmoid(),
-            proposal_token_indices=selected.token_indices,
-            foreground_logits=memory.new_empty(0),  # filled in by forward
-            tokens=tokens.layout,
-            image_sizes=memory.new_empty(0, dtype=torch.long),  # filled in by forward
-            encoder=EncoderTrace(),  # filled in by forward
             initial_references=initial_references,
-            decoder_references=decoded.references[:, :, num_dn:],
-            decoder_last_hidden=decoded.hidden[-1][:, num_dn:],
-            proposal_hidden=selected.hidden,
-            memory=memory,
+            references=decoded.references[:, :, num_dn:],
+            last_hidden=decoded.hidden[-1][:, num_dn:],
             denoising=dn_output,
         )
 
     def _denoising_queries(
         self, targets: list[dict[str, Tensor]] | None, num_matching: int
     ) -> DenoisingQueries | None:
-        if targets is None or not self.training or self.num_denoising_queries == 0:
+        config = self.config
+        if targets is None or not self.training or config.num_denoising_queries == 0:
             return None
         return build_denoising_queries(
             targets,
-            num_denoising_queries=self.num_denoising_queries,
+            num_denoising_queries=config.num_denoising_queries,
             num_matching_queries=num_matching,
             num_classes=self.num_classes,
             label_embedding=self.denoising_label_embedding.weight,
-            label_noise_ratio=self.label_noise_ratio,
-            box_noise_scale=self.box_noise_scale,
+            label_noise_ratio=config.label_noise_ratio,
+            box_noise_scale=config.box_noise_scale,
         )

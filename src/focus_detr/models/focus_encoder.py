@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from focus_detr.models.attention import FeedForward, MultiheadAttention
+from focus_detr.models.attention import FeedForward, LayerSettings, MultiheadAttention
 from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
 from focus_detr.structures import EncoderTrace
 
@@ -47,29 +47,34 @@ class EncoderInputs:
     valid_ratios: Tensor | None
 
 
+@dataclass(frozen=True)
+class _LayerSelection:
+    """What one encoder layer chose among its gathered tokens (see :class:`EncoderTrace`).
+
+    Attributes:
+        category_scores: ``[B, K]`` multi-category scores of the gathered tokens.
+        dual_attention_slots: ``[B, T]`` positions (into K) of the dual-attention tokens.
+        dual_attention_counts: ``[B]`` real dual-attention tokens of each image.
+    """
+
+    category_scores: Tensor
+    dual_attention_slots: Tensor
+    dual_attention_counts: Tensor
+
+
 class FocusEncoderLayer(nn.Module):
     """Dual attention, deformable attention and FFN on a gathered subset of tokens."""
 
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        num_levels: int,
-        num_points: int,
-        feedforward_dim: int,
-        dropout: float,
-        num_dual_attention_tokens: int,
-    ) -> None:
+    def __init__(self, settings: LayerSettings, num_dual_attention_tokens: int) -> None:
         super().__init__()
+        dim, dropout = settings.embed_dim, settings.dropout
         self.num_dual_attention_tokens = num_dual_attention_tokens
-        self.dual_attention = MultiheadAttention(embed_dim, num_heads, dropout)
-        self.dual_attention_norm = nn.LayerNorm(embed_dim)
-        self.deformable_attention = MultiScaleDeformableAttention(
-            embed_dim, num_heads, num_levels, num_points, dropout
-        )
-        self.deformable_norm = nn.LayerNorm(embed_dim)
-        self.ffn = FeedForward(embed_dim, feedforward_dim, dropout)
-        self.ffn_norm = nn.LayerNorm(embed_dim)
+        self.dual_attention = MultiheadAttention(dim, settings.num_heads, dropout)
+        self.dual_attention_norm = nn.LayerNorm(dim)
+        self.deformable_attention = MultiScaleDeformableAttention.from_settings(settings)
+        self.deformable_norm = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, settings.feedforward_dim, dropout)
+        self.ffn_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -143,29 +148,11 @@ class FocusEncoder(nn.Module):
     """A stack of :class:`FocusEncoderLayer` with foreground-based token selection."""
 
     def __init__(
-        self,
-        num_layers: int,
-        *,
-        embed_dim: int,
-        num_heads: int,
-        num_levels: int,
-        num_points: int,
-        feedforward_dim: int,
-        dropout: float,
-        num_dual_attention_tokens: int,
+        self, num_layers: int, settings: LayerSettings, *, num_dual_attention_tokens: int
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            FocusEncoderLayer(
-                embed_dim,
-                num_heads,
-                num_levels,
-                num_points,
-                feedforward_dim,
-                dropout,
-                num_dual_attention_tokens,
-            )
-            for _ in range(num_layers)
+            FocusEncoderLayer(settings, num_dual_attention_tokens) for _ in range(num_layers)
         )
 
     def forward(
@@ -195,24 +182,33 @@ class FocusEncoder(nn.Module):
         ranked = ranking_scores.topk(most, dim=1).indices if most > 0 else None
         # without autograd the layers write into this copy in place (one full-size copy in all)
         memory = features if torch.is_grad_enabled() else features.clone()
-        trace = EncoderTrace(token_counts=budgets)
-        dual_counts_per_layer = []
+        token_indices, category_scores, dual_indices, dual_counts = [], [], [], []
         layers: list[FocusEncoderLayer] = list(self.layers)  # type: ignore[arg-type]
         for layer_index, layer in enumerate(layers):
             counts = budgets[:, layer_index]
             width = int(counts.max())
-            if ranked is None or width == 0:
-                dual_counts_per_layer.append(torch.zeros_like(counts))
+            if ranked is None or width == 0:  # nothing to update (e.g. a 1-pixel image)
+                empty = counts.new_zeros(batch, 0)
+                token_indices.append(empty)
+                category_scores.append(features.new_zeros(batch, 0))
+                dual_indices.append(empty)
+                dual_counts.append(torch.zeros_like(counts))
                 continue
             token_ids = ranked[:, :width]
-            memory, layer_trace = self._run_layer(
+            memory, selection = self._run_layer(
                 layer, memory, token_ids, counts, foreground_logits, class_head, inputs
             )
-            trace.token_indices.append(token_ids)
-            trace.category_scores.append(layer_trace[0])
-            trace.dual_attention_indices.append(token_ids.gather(1, layer_trace[1]))
-            dual_counts_per_layer.append(layer_trace[2])
-        trace.dual_attention_counts = torch.stack(dual_counts_per_layer, dim=1)
+            token_indices.append(token_ids)
+            category_scores.append(selection.category_scores)
+            dual_indices.append(token_ids.gather(1, selection.dual_attention_slots))
+            dual_counts.append(selection.dual_attention_counts)
+        trace = EncoderTrace(
+            token_indices=token_indices,
+            token_counts=budgets,
+            category_scores=category_scores,
+            dual_attention_indices=dual_indices,
+            dual_attention_counts=torch.stack(dual_counts, dim=1),
+        )
         return memory, trace
 
     @staticmethod
@@ -224,7 +220,8 @@ class FocusEncoder(nn.Module):
         foreground_logits: Tensor,
         class_head: nn.Module,
         inputs: EncoderInputs,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    ) -> tuple[Tensor, _LayerSelection]:
+        """Gather the tokens of ``token_ids``, update them with ``layer``, write them back."""
         batch, width = token_ids.shape
         dim = memory.shape[-1]
         index = token_ids[..., None].expand(batch, width, dim)
@@ -244,4 +241,4 @@ class FocusEncoder(nn.Module):
             memory = memory.scatter(1, index, updated)  # autograd needs the old memory
         else:
             memory.scatter_(1, index, updated)  # owned by the encoder (copied once)
-        return memory, (category_scores, slots, dual_counts)
+        return memory, _LayerSelection(category_scores, slots, dual_counts)

@@ -1,9 +1,9 @@
 """Fused multi-scale deformable attention in Triton (forward and backward).
 
-Computes exactly the function of :func:`~focus_detr.ops.deformable_attention.
+Computes exactly the function of :func:`~focus_detr.ops.deformable_attention_torch.
 deformable_attention_gather` (bilinear sampling, zero outside each map, ``align_corners=False``
 pixel convention, attention-weighted sum; shapes documented in
-:mod:`focus_detr.ops.deformable_attention`) with one kernel launch per direction.
+:mod:`focus_detr.ops.deformable_attention_dispatch`) with one kernel launch per direction.
 
 One program handles one (head, block of ``block_queries`` queries, batch element): for every
 level and point it loads the sampling location and attention weight of each query, then the
@@ -14,10 +14,10 @@ attention weight and of the (x, y) location, which each program owns; ``grad_val
 scattered with atomic adds into a float32 buffer (cast to the value dtype at the end), so it is
 not bit-wise deterministic from run to run.
 
-float32, bfloat16 and float16 run in the kernels; float64 falls back to the PyTorch gather
-path. The kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter
-(``TRITON_INTERPRET=1`` set before this module is imported), which is how the tests check them
-on machines without a GPU.
+float32, bfloat16 and float16 run in the kernels; float64 is refused (the dispatcher sends it
+to the PyTorch gather path). The kernels run on CUDA tensors, or on CPU tensors under Triton's
+interpreter (``TRITON_INTERPRET=1`` set before this module is imported), which is how the tests
+check them on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
-
-from focus_detr.ops.deformable_attention import deformable_attention_gather
 
 try:
     import triton
@@ -366,9 +364,10 @@ def _check_inputs(
         ("sampling_locations", sampling_locations),
         ("attention_weights", attention_weights),
     ):
-        if tensor.dtype not in (*_KERNEL_DTYPES, torch.float64):
+        if tensor.dtype not in _KERNEL_DTYPES:
             raise ValueError(
-                f"{name} must be float32, bfloat16, float16 or float64, got {tensor.dtype}"
+                f"{name} must be float32, bfloat16 or float16, got {tensor.dtype} (float64 runs "
+                "the 'gather' backend)"
             )
     devices = {
         t.device
@@ -400,14 +399,11 @@ def deformable_attention_triton(
         returned in each input's dtype (accumulated in float32).
 
     Raises:
-        ValueError: on inconsistent shapes, unsupported dtypes, mixed devices, ``head_dim``
+        ValueError: on inconsistent shapes, unsupported dtypes (float64 included), mixed
+            devices, ``head_dim``
             above 128, CPU tensors outside Triton's interpreter, or Triton not installed.
     """
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    if torch.float64 in (value.dtype, sampling_locations.dtype, attention_weights.dtype):
-        return deformable_attention_gather(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
     if triton is None:
         raise ValueError("the triton deformable attention backend needs the triton package")
     if value.shape[-1] > MAX_HEAD_DIM:

@@ -1,29 +1,15 @@
-"""Multi-scale deformable attention core (Zhu et al., Deformable DETR, eq. 3).
+"""Multi-scale deformable attention in plain PyTorch (Zhu et al., Deformable DETR, eq. 3).
 
-Given per-level value maps flattened into one sequence, every query samples ``num_points``
-locations on each of ``num_levels`` maps per head (bilinear, zero outside the map,
-``align_corners=False`` pixel convention) and returns the attention-weighted sum.
+Two implementations of the function documented in
+:mod:`focus_detr.ops.deformable_attention_dispatch` (which chooses between them and the Triton
+kernel; this module imports neither):
 
-Shapes (shared by every implementation here):
-
-- ``value``: ``[batch, num_values, num_heads, head_dim]``, levels concatenated in order;
-- ``spatial_shapes``: ``[num_levels, 2]`` integer (height, width) of each level;
-- ``level_start_index``: ``[num_levels]`` offset of each level in ``num_values``;
-- ``sampling_locations``: ``[batch, num_queries, num_heads, num_levels, num_points, 2]``,
-  (x, y) normalised to [0, 1] over each level's map;
-- ``attention_weights``: ``[batch, num_queries, num_heads, num_levels, num_points]``;
-- returns ``[batch, num_queries, num_heads * head_dim]``.
-
-Implementations:
-
-- :func:`deformable_attention_gather` (default on CPU): one fused gather-and-weighted-sum
+- :func:`deformable_attention_gather`: one fused gather-and-weighted-sum
   (``F.embedding_bag``) over all heads, levels, points and bilinear corners. It reads each
   sampled row of ``head_dim`` contiguous values once and never builds per-level images.
 - :func:`deformable_attention_grid_sample`: the classic per-level ``F.grid_sample``
   formulation (detrex's ``multi_scale_deformable_attn_pytorch``), kept as the reference the
   fast paths are tested against.
-- a fused Triton kernel for CUDA (:mod:`focus_detr.ops.deformable_attention_triton`), used
-  automatically on GPU when Triton is importable.
 """
 
 from __future__ import annotations
@@ -32,55 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "deformable_attention_gather",
-    "deformable_attention_grid_sample",
-    "multi_scale_deformable_attention",
-]
-
-_BACKENDS = ("auto", "gather", "grid_sample", "triton")
-
-
-def multi_scale_deformable_attention(
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_start_index: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-    backend: str = "auto",
-) -> Tensor:
-    """Dispatch to an implementation; ``backend`` is one of ``auto|gather|grid_sample|triton``.
-
-    ``auto`` picks the Triton kernel for CUDA tensors when Triton is available, else the
-    gather path.
-    """
-    if backend not in _BACKENDS:
-        raise ValueError(
-            f"unknown deformable attention backend {backend!r}; use one of {_BACKENDS}"
-        )
-    if backend == "auto":
-        backend = "triton" if value.is_cuda and _triton_available() else "gather"
-    if backend == "triton":
-        from focus_detr.ops.deformable_attention_triton import deformable_attention_triton
-
-        return deformable_attention_triton(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
-    if backend == "grid_sample":
-        return deformable_attention_grid_sample(
-            value, spatial_shapes, sampling_locations, attention_weights
-        )
-    return deformable_attention_gather(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-    )
-
-
-def _triton_available() -> bool:
-    try:
-        from focus_detr.ops.deformable_attention_triton import is_available
-    except ImportError:
-        return False
-    return is_available()
+__all__ = ["deformable_attention_gather", "deformable_attention_grid_sample"]
 
 
 # Each level's value map gets a zero border (1 before, 2 after, on both axes) so that the four

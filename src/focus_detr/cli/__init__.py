@@ -1,0 +1,68 @@
+"""The ``focus-detr`` command line: one module per subcommand.
+
+``main`` prints a user's mistake (bad options, a missing or unreadable file, an invalid setting,
+a bad dataset entry) as one ``error:`` line with exit status 2; anything else, a bug, keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from focus_detr.cli import benchmark, evaluate, parity, predict, presets, train
+from focus_detr.errors import UsageError
+
+_COMMANDS = (presets, predict, parity, benchmark, train, evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``focus-detr`` parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="focus-detr", description="Focus-DETR object detection in plain PyTorch."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in _COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``focus-detr`` console script."""
+    args = build_parser().parse_args(argv)
+    from focus_detr.checkpoint import CheckpointError
+    from focus_detr.config import ConfigError
+    from focus_detr.engine.distributed import DistributedError
+    from focus_detr.engine.step import NonFiniteLossError
+    from focus_detr.errors import DatasetError
+    from focus_detr.io import ImageReadError
+
+    try:
+        _check_device(getattr(args, "device", None))
+        return int(args.run(args))
+    except (
+        UsageError,
+        ConfigError,
+        CheckpointError,
+        DatasetError,
+        ImageReadError,
+        FileNotFoundError,
+    ) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (DistributedError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _check_device(device: str | None) -> None:
+    if device and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} asked for, but CUDA is not available here")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

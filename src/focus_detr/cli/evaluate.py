@@ -1,0 +1,70 @@
+"""``focus-detr eval``: COCO box AP of a checkpoint on a COCO-format dataset."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from focus_detr.cli import common
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "eval",
+        help="COCO box AP of a checkpoint on a COCO-format dataset",
+        description="Evaluate weights on a split of a COCO-format folder; prints the COCO table.",
+    )
+    common.add_model_source(parser, keep_ratio_help="encoder keep ratio (default: the model's)")
+    parser.add_argument("--data", required=True, help="COCO-format folder")
+    parser.add_argument("--split", help="split name (default val2017, else val)")
+    common.add_batch_size(parser)
+    common.add_test_resize(parser)
+    parser.add_argument("--per-class", action="store_true", help="also print per-class AP")
+    parser.add_argument("--results", help="write the COCO results JSON here")
+    common.add_device(parser)
+    parser.add_argument(
+        "--workers", type=common.non_negative_int, default=2, help="data loader processes (2)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from focus_detr.checkpoint import read_checkpoint
+    from focus_detr.data.coco import CocoDetection
+    from focus_detr.data.discovery import evaluation_split
+    from focus_detr.engine.distributed import init_distributed, shutdown_distributed
+    from focus_detr.engine.evaluator import evaluate
+    from focus_detr.inference import load_model
+
+    context = init_distributed(args.device or common.default_device())
+    try:
+        files = evaluation_split(args.data, args.split)
+        checkpoint = read_checkpoint(args.weights)
+        # read once; load_model takes the state dict with its metadata as a checkpoint dict
+        payload: Any = {"model": checkpoint.state_dict, **checkpoint.metadata}
+        model, categories = load_model(
+            payload, preset=args.preset, device=context.device, keep_ratio=args.keep_ratio
+        )
+        dataset = CocoDetection(files.images, files.annotations, category_ids=categories.ids)
+        evaluation = evaluate(
+            model,
+            dataset,
+            batch_size=args.batch_size,
+            device=context.device,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            num_workers=args.workers,
+            category_ids=categories.ids,
+            per_class=args.per_class,
+            results_path=args.results,
+            progress=not args.no_progress,
+        )
+    finally:
+        shutdown_distributed(context)
+    if context.is_main:
+        print(f"COCO box evaluation on {files.annotations} ({evaluation.num_images} images):")
+        print(evaluation.format_table())
+        if args.results:
+            print(f"results written to {args.results}")
+    return 0
