@@ -151,7 +151,11 @@ def test_ensure_never_deletes_foreign_folders(tmp_path):
 def test_yolo_layout_of_the_fine_tuning_set(tmp_path):
     paths = generate_synthetic_yolo(tmp_path / "yolo", num_train=6, num_val=2, seed=3)
     assert paths.category_names == ("circle", "triangle", "star", "heart", "arrow", "hexagon")
-    assert set(paths.category_names) & set(SYNTHETIC_CATEGORY_NAMES) == {"circle", "triangle", "star"}
+    assert set(paths.category_names) & set(SYNTHETIC_CATEGORY_NAMES) == {
+        "circle",
+        "triangle",
+        "star",
+    }
     images = sorted(paths.train_images.glob("*.png"))
     assert len(images) == 6 and len(list(paths.val_images.glob("*.png"))) == 2
     text = paths.data_yaml.read_text()
