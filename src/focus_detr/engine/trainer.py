@@ -47,6 +47,7 @@ from focus_detr.engine.distributed import (
 )
 from focus_detr.engine.evaluation import CocoEvaluation
 from focus_detr.engine.evaluator import evaluate
+from focus_detr.engine.initialization import InitReport, initialize_from
 from focus_detr.engine.metrics_log import MetricsLogger, StepLog
 from focus_detr.engine.optim import (
     LRSchedule,
@@ -101,6 +102,11 @@ class Trainer:
         resume: continue from ``output_dir/last.pth`` when it exists.
         max_iters: stop after this many steps (the schedule still follows the epochs).
         backbone_weights: ImageNet weights for the backbone (torchvision ResNet or Swin file).
+        init_weights: trained weights to start from (checkpoint, URL, preset name or an
+            :class:`~focus_detr.engine.initialization.InitSource`): every matching tensor is
+            loaded and class rows are mapped by class name (see
+            :func:`~focus_detr.engine.initialization.initialize_from`); not applied when
+            ``resume`` finds a checkpoint to continue from. Recorded in ``metrics.jsonl``.
         tensorboard: also write TensorBoard scalars.
         progress: show a progress bar (main process).
         find_unused_parameters: passed to ``DistributedDataParallel``.
@@ -117,6 +123,7 @@ class Trainer:
         resume: bool = False,
         max_iters: int | None = None,
         backbone_weights: str | os.PathLike[str] | None = None,
+        init_weights: Any = None,
         tensorboard: bool = False,
         progress: bool = True,
         find_unused_parameters: bool = False,
@@ -144,9 +151,12 @@ class Trainer:
         self.step = self._build_step(find_unused_parameters)
         if resume:
             self._resume()
+        self.init_report = self._initialize(init_weights)
         self.metrics = MetricsLogger(
             self.output_dir, enabled=self.context.is_main, tensorboard=tensorboard
         )
+        if self.init_report is not None:
+            self.metrics.write({"type": "init_weights", **self.init_report.as_dict()})
 
     # ---------------------------------------------------------------- setup
 
@@ -166,6 +176,20 @@ class Trainer:
             self.log(report.summary())
         seed_everything(self.train_cfg.seed + self.context.rank)
         return model.to(self.device).train()
+
+    def _initialize(self, init_weights: Any) -> InitReport | None:
+        """Start from trained weights, class rows mapped by the training set's class names."""
+        if init_weights is None:
+            return None
+        if self.iteration > 0:
+            self.log("continuing a run: its initial weights are not applied again")
+            return None
+        names = [
+            c["name"] for c in categories_of(self.train_dataset, self.config.model.num_classes)
+        ]
+        report = initialize_from(self.model, init_weights, class_names=names)
+        self.log(report.summary())
+        return report
 
     def _build_step(self, find_unused_parameters: bool) -> OptimizationStep:
         """Optimiser, schedule, scaler, criterion and the (DDP-wrapped) forward model."""
