@@ -191,7 +191,7 @@ def test_match_model_categories_rules():
     # by name, whatever the ids; the model's extra class gets an unused id
     assert match_model_categories(names, ids, [7, 9], ["dog", "CAT"], "f") == [9, 7, 10]
     # names differ but the ids are the model's: matched by id, with a warning
-    with pytest.warns(UserWarning, match="matched by id"):
+    with pytest.warns(UserWarning, match=r"by id, but .* 'x' \(id 3\) is the model's 'bird'"):
         assert match_model_categories(names, ids, [1, 3], ["dog", "x"], "f") == [1, 2, 3]
     # a category without objects needs no match
     assert match_model_categories(names, ids, [5, 6], ["bird", "fox"], "f", {5: 3}) == [7, 8, 5]

@@ -78,10 +78,16 @@ def match_model_categories(
             for label in range(len(model_names))
         ]
     if all(cid in set(model_ids) for cid, _ in needed):
-        if by_name is not None and by_name:
+        model_name = dict(zip(model_ids, model_names))
+        differ = [
+            f"{name!r} (id {cid}) is the model's {model_name[cid]!r}"
+            for cid, name in needed
+            if name_key(name) != name_key(model_name[cid])
+        ]
+        if differ:
             warnings.warn(
-                f"{source}: category names differ from the model's class names; categories are "
-                f"matched by id",
+                f"{source}: categories matched to the model's classes by id, but their names "
+                f"differ: {', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}",
                 stacklevel=2,
             )
         return [int(cid) for cid in model_ids]
