@@ -41,7 +41,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_SYNTHETIC_ROOT,
         help=f"where the synthetic dataset lives ({DEFAULT_SYNTHETIC_ROOT})",
     )
-    parser.add_argument("--out", help="output folder (default output/<preset>)")
+    parser.add_argument(
+        "--out",
+        help="output folder (default output/<preset>, or output/<preset>-N when that one "
+        "holds an earlier run)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -55,7 +59,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--num-classes", type=common.positive_int, help="classes of the model (default: data's)"
     )
     parser.add_argument("--backbone-weights", help="ImageNet weights: torchvision ResNet or Swin")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT (default: the latest run of the preset) with its own "
+        "settings; --set changes them from the resumed iteration on",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUT holds (its checkpoints and metrics are deleted first)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=common.non_negative_int,
+        help="stop after this many evaluations without a better AP (sets train.patience)",
+    )
     common.add_device(parser)
     parser.add_argument(
         "--max-iters", type=common.positive_int, help="stop after this many iterations"
@@ -70,15 +89,23 @@ def run(args: argparse.Namespace) -> int:
     from focus_detr.config import apply_overrides
     from focus_detr.data.coco import CocoDetection
     from focus_detr.data.transforms import build_train_transforms
+    from focus_detr.engine.run_folder import latest_run_folder
     from focus_detr.engine.trainer import train
     from focus_detr.presets import get_preset
 
     if args.tensorboard:
         _require_tensorboard()
+    if args.resume and args.overwrite:
+        raise common.UsageError("--resume continues a run and --overwrite replaces it: choose one")
     train_files, val_files, synthetic = _training_data(args)
     preset_name = args.preset or (SYNTHETIC_PRESET if synthetic else COCO_PRESET)
     preset = get_preset(preset_name)
-    config = apply_overrides(preset.config, args.overrides)
+    default_out = Path("output") / preset_name
+    output_dir = Path(args.out) if args.out else default_out
+    if args.resume and not args.out:
+        output_dir = latest_run_folder(default_out)
+    base = _resumed_config(output_dir, args.preset) if args.resume else preset.config
+    config = apply_overrides(base, args.overrides)
     if preset.backbone_weights and not args.backbone_weights and not args.resume:
         print(
             f"note: the {preset_name} recipe starts from ImageNet weights "
@@ -87,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.workers is not None:
         config = _replace(config, "train", num_workers=args.workers)
+    if args.patience is not None:
+        config = _replace(config, "train", patience=args.patience)
     train_set = CocoDetection(
         train_files.images,
         train_files.annotations,
@@ -104,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
         val_set = CocoDetection(
             val_files.images, val_files.annotations, category_ids=train_set.category_ids
         )
-    output_dir = Path(args.out or Path("output") / preset_name)
     result = train(
         config,
         train_set,
@@ -112,8 +140,11 @@ def run(args: argparse.Namespace) -> int:
         val_dataset=val_set,
         device=args.device,
         resume=args.resume,
+        overwrite=args.overwrite,
+        new_folder_if_taken=not args.out,
         max_iters=args.max_iters,
         backbone_weights=args.backbone_weights,
+        metadata={"preset": preset_name},
         tensorboard=args.tensorboard,
         progress=not args.no_progress,
     )
@@ -121,12 +152,33 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if result.evaluation is not None:
         split = val_files.annotations.name if val_files else ""
-        print(f"COCO box evaluation on {split} after {result.iterations} iterations:")
+        weights = "EMA weights" if result.raw_evaluation is not None else "weights"
+        print(f"COCO box evaluation ({weights}) on {split} after {result.iterations} iterations:")
         print(result.evaluation.format_table())
+        if result.raw_evaluation is not None:
+            print(f"raw (non-EMA) weights: AP {result.raw_evaluation.AP:.4f}")
     else:
         print("no validation split: evaluation skipped")
     print(f"model written to {result.final_model}")
+    if result.best_model is not None:
+        print(f"best evaluated weights in {result.best_model}")
     return 0
+
+
+def _resumed_config(output_dir: Path, preset: str | None) -> Any:
+    """The configuration the run in ``output_dir`` was trained with (a resumed run keeps its
+    own settings; ``--set`` changes them explicitly)."""
+    from focus_detr.config import config_from_dict
+    from focus_detr.engine.checkpointing import load_resume_checkpoint
+
+    path, state = load_resume_checkpoint(output_dir)
+    recorded = state.get("preset")
+    if preset is not None and recorded is not None and preset != recorded:
+        raise common.UsageError(
+            f"{path} is a run of the preset {recorded}, not {preset}; drop --preset to resume "
+            "it, or start a new run (another --out)"
+        )
+    return config_from_dict(state["config"])
 
 
 def _training_data(args: argparse.Namespace) -> tuple[SplitFiles, SplitFiles | None, bool]:
