@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 import focus_detr
 from focus_detr.config import (
@@ -110,3 +111,17 @@ def test_set_keep_ratio_keeps_the_config_true_and_validates() -> None:
     with pytest.raises(ConfigError, match="keep_ratio"):
         model.set_keep_ratio(1.5)
     assert model.config.keep_ratio == 0.25
+
+
+def test_a_checkpoint_with_an_absurd_configuration_is_refused_before_allocation(
+    tmp_path, capsys
+) -> None:
+    from focus_detr.cli import main
+
+    stored = config_to_dict(Config())
+    stored["model"]["num_queries"] = 10**12  # would ask for petabytes
+    torch.save({"model": {"w": torch.zeros(1)}, "config": stored}, tmp_path / "bad.pth")
+    (tmp_path / "image.png").write_bytes(b"")
+    arguments = ["predict", str(tmp_path / "image.png"), "--weights", str(tmp_path / "bad.pth")]
+    assert main([*arguments, "--out", str(tmp_path / "out")]) == 2
+    assert "num_queries must be a finite number in [1, 100000]" in capsys.readouterr().err

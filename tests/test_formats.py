@@ -189,15 +189,18 @@ def test_convert_writes_one_split_to_a_file(yolo, converted, tmp_path, capsys):
 
 def test_eval_command_reads_every_format_alike(yolo, converted, voc, tmp_path, capsys):
     from focus_detr.config import config_to_dict
-    from focus_detr.engine.checkpointing import save_final_model
+    from focus_detr.engine.checkpointing import save_model
     from focus_detr.models.build import build_model
     from tests.helpers import tiny_recipe
 
     config = tiny_recipe({"num_classes": 6, "test_min_size": 64, "test_max_size": 96})
     torch.manual_seed(0)
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(yolo.category_names)]
-    weights = save_final_model(
-        tmp_path / "model.pth", build_model(config.model), config_to_dict(config), categories
+    weights = save_model(
+        tmp_path / "model.pth",
+        build_model(config.model).state_dict(),
+        config_to_dict(config),
+        categories,
     )
     coco_root = tmp_path / "coco"
     (coco_root / "annotations").mkdir(parents=True)

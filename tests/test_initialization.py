@@ -15,7 +15,7 @@ from focus_detr.cli import main
 from focus_detr.coco_metadata import COCO_CLASS_NAMES
 from focus_detr.config import config_to_dict
 from focus_detr.convert import detrex_to_native
-from focus_detr.engine.checkpointing import save_final_model
+from focus_detr.engine.checkpointing import save_model
 from focus_detr.engine.initialization import CLASS_DEPENDENT, read_init_source
 from focus_detr.models.build import build_model
 from tests.helpers import MANIFESTS, randomize_, tiny_config, tiny_recipe
@@ -138,8 +138,8 @@ def test_train_command_fine_tunes_a_yolo_dataset_from_our_checkpoint(tmp_path, c
     config = tiny_recipe()  # 8 classes: the quick start's
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(SHAPES.names)]
     source = randomize_(build_model(config.model), seed=5)
-    weights = save_final_model(
-        tmp_path / "quickstart.pth", source, config_to_dict(config), categories
+    weights = save_model(
+        tmp_path / "quickstart.pth", source.state_dict(), config_to_dict(config), categories
     )
     data = generate_synthetic_yolo(
         tmp_path / "shapes", num_train=4, num_val=2, image_size_range=(64, 96), max_objects=3

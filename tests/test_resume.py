@@ -74,7 +74,7 @@ def test_resume_refuses_another_architecture(synthetic, tmp_path):
     dataset = train_set(synthetic, config)
     _run(config, dataset, tmp_path, max_iters=1)
     other = tiny_recipe(model={"embed_dim": 32, "backbone_norm": "bn"})
-    with pytest.raises(CheckpointError, match="another model configuration"):
+    with pytest.raises(CheckpointError, match=r"another model.*model.embed_dim: 64 -> 32"):
         Trainer(other, train_set(synthetic, other), output_dir=tmp_path, resume=True)
 
 

@@ -228,6 +228,12 @@ class TrainConfig:
     most ``train_max_size``), else resize to one of ``crop_resize_sizes``, crop a random
     ``crop_size_range`` region and resize as in the first branch. The test resize belongs to
     the model (:attr:`ModelConfig.test_min_size`).
+
+    ``ema``: keep an exponential moving average of the weights (:mod:`focus_detr.engine.ema`;
+    decay ``ema_decay`` ramped up over ``ema_tau`` steps); it is evaluated beside the raw
+    weights and is what ``model_final.pth`` / ``model_best.pth`` hold (the raw weights are
+    saved beside it). ``patience``: stop after this many periodic evaluations without a better
+    AP (0: never); ``model_best.pth`` keeps the best evaluated weights.
     """
 
     epochs: float = 12.0
@@ -254,6 +260,10 @@ class TrainConfig:
     crop_resize_sizes: tuple[int, ...] = (400, 500, 600)
     crop_size_range: tuple[int, int] = (384, 600)
     filter_empty: bool = True
+    ema: bool = False
+    ema_decay: float = 0.999
+    ema_tau: float = 200.0
+    patience: int = 0
 
     def __post_init__(self) -> None:
         _coerce_fields(self)
@@ -283,9 +293,15 @@ class TrainConfig:
             ("log_every_iters", 1, 1 << 30),
             ("max_nonfinite_steps", 0, 1 << 30),
             ("seed", 0, 2**63 - 1),
+            ("patience", 0, 1 << 30),
         ):
             _in_range(name, getattr(self, name), low, high)
         _in_range("warmup_factor", self.warmup_factor, 0.0, 1.0)
+        _check(
+            math.isfinite(self.ema_decay) and 0.0 <= self.ema_decay < 1.0,
+            f"ema_decay must be in [0, 1), got {self.ema_decay!r}",
+        )
+        _in_range("ema_tau", self.ema_tau, 0.0, 1e9)
         _in_range("eval_every_epochs", self.eval_every_epochs, 0.0, 100_000.0)
         _check(self.amp in ("none", "bf16", "fp16"), "amp must be none, bf16 or fp16")
         _in_range("crop_probability", self.crop_probability, 0.0, 1.0)

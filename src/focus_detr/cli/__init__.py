@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DatasetError,
         ImageReadError,
         FileNotFoundError,
+        FileExistsError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

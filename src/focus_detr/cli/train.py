@@ -47,7 +47,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_SYNTHETIC_ROOT,
         help=f"where the synthetic dataset lives ({DEFAULT_SYNTHETIC_ROOT})",
     )
-    parser.add_argument("--out", help="output folder (default output/<preset>)")
+    parser.add_argument(
+        "--out",
+        help="output folder (default output/<preset>, or output/<preset>-N when that one "
+        "holds an earlier run)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -68,7 +72,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "a URL or a preset name (its release); classes are mapped by name, new ones start "
         "fresh. Ours also give the configuration when --preset is not given",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT (default: the latest run of the preset) with its own "
+        "settings; --set changes them from the resumed iteration on",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUT holds (its checkpoints and metrics are deleted first)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=common.non_negative_int,
+        help="stop after this many evaluations without a better AP (sets train.patience)",
+    )
     common.add_device(parser)
     parser.add_argument(
         "--max-iters", type=common.positive_int, help="stop after this many iterations"
@@ -80,18 +99,32 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from focus_detr.config import apply_overrides
     from focus_detr.data.discovery import load_split
     from focus_detr.data.transforms import build_train_transforms
     from focus_detr.engine.initialization import read_init_source
+    from focus_detr.engine.run_folder import latest_run_folder
     from focus_detr.engine.trainer import train
 
     if args.tensorboard:
         _require_tensorboard()
+    if args.resume and args.overwrite:
+        raise common.UsageError("--resume continues a run and --overwrite replaces it: choose one")
     train_files, val_files, synthetic = _training_data(args)
-    init = read_init_source(args.init_weights) if args.init_weights else None
-    name, config = _base_config(args, init, synthetic)
+    # a resumed run continues from its own checkpoint: nothing to read (or download) then
+    init = read_init_source(args.init_weights) if args.init_weights and not args.resume else None
+    name, preset_name, base = _base_config(args, init, synthetic)
+    default_out = Path("output") / name
+    output_dir = Path(args.out) if args.out else default_out
+    if args.resume and not args.out:
+        output_dir = latest_run_folder(default_out)
+    if args.resume:
+        base = _resumed_config(output_dir, args.preset)
+    config = apply_overrides(base, args.overrides)
     if args.workers is not None:
         config = _replace(config, "train", num_workers=args.workers)
+    if args.patience is not None:
+        config = _replace(config, "train", patience=args.patience)
     train_set = load_split(
         train_files, build_train_transforms(config.train), filter_empty=config.train.filter_empty
     )
@@ -106,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
         val_set = load_split(
             val_files, category_ids=train_set.category_ids, class_names=train_set.category_names
         )
-    output_dir = Path(args.out or Path("output") / name)
     result = train(
         config,
         train_set,
@@ -114,9 +146,12 @@ def run(args: argparse.Namespace) -> int:
         val_dataset=val_set,
         device=args.device,
         resume=args.resume,
+        overwrite=args.overwrite,
+        new_folder_if_taken=not args.out,
         max_iters=args.max_iters,
         backbone_weights=args.backbone_weights,
-        init_weights=init,
+        init_weights=init if init is not None else args.init_weights,
+        metadata={"preset": preset_name} if preset_name else None,
         tensorboard=args.tensorboard,
         progress=not args.no_progress,
     )
@@ -124,18 +159,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if result.evaluation is not None:
         split = _describe(val_files) if val_files else ""
-        print(f"COCO box evaluation on {split} after {result.iterations} iterations:")
+        weights = "EMA weights" if result.raw_evaluation is not None else "weights"
+        print(f"COCO box evaluation ({weights}) on {split} after {result.iterations} iterations:")
         print(result.evaluation.format_table())
+        if result.raw_evaluation is not None:
+            print(f"raw (non-EMA) weights: AP {result.raw_evaluation.AP:.4f}")
     else:
         print("no validation split: evaluation skipped")
     print(f"model written to {result.final_model}")
+    if result.best_model is not None:
+        print(f"best evaluated weights in {result.best_model}")
     return 0
 
 
-def _base_config(args: argparse.Namespace, init: Any, synthetic: bool) -> tuple[str, Any]:
-    """(run name, configuration): ``--preset``; else the preset or the configuration of
-    ``--init-weights``; else the default preset; then the ``--set`` overrides."""
-    from focus_detr.config import apply_overrides, config_from_dict
+def _base_config(
+    args: argparse.Namespace, init: Any, synthetic: bool
+) -> tuple[str, str | None, Any]:
+    """(run name, preset name or None, configuration before ``--set``): ``--preset``; else the
+    preset named by ``--init-weights`` or the configuration its checkpoint records; else the
+    default preset."""
+    from focus_detr.config import config_from_dict
     from focus_detr.presets import get_preset, preset_names
 
     name = args.preset
@@ -143,17 +186,33 @@ def _base_config(args: argparse.Namespace, init: Any, synthetic: bool) -> tuple[
         name = args.init_weights
     if name is None and init is not None and init.config is not None:
         print(f"note: the configuration (model, train, loss) is {init.label}'s", file=sys.stderr)
-        return "finetune", apply_overrides(config_from_dict(init.config), args.overrides)
+        return "finetune", init.preset, config_from_dict(init.config)
     name = name or (SYNTHETIC_PRESET if synthetic else COCO_PRESET)
     preset = get_preset(name)
-    started = args.backbone_weights or args.resume or init is not None
+    started = args.backbone_weights or args.resume or args.init_weights
     if preset.backbone_weights and not started:
         print(
             f"note: the {name} recipe starts from ImageNet weights "
             f"({preset.backbone_weights}); without --backbone-weights the backbone is random",
             file=sys.stderr,
         )
-    return name, apply_overrides(preset.config, args.overrides)
+    return name, name, preset.config
+
+
+def _resumed_config(output_dir: Path, preset: str | None) -> Any:
+    """The configuration the run in ``output_dir`` was trained with (a resumed run keeps its
+    own settings; ``--set`` changes them explicitly)."""
+    from focus_detr.config import config_from_dict
+    from focus_detr.engine.checkpointing import load_resume_checkpoint
+
+    path, state = load_resume_checkpoint(output_dir)
+    recorded = state.get("preset")
+    if preset is not None and recorded is not None and preset != recorded:
+        raise common.UsageError(
+            f"{path} is a run of the preset {recorded}, not {preset}; drop --preset to resume "
+            "it, or start a new run (another --out)"
+        )
+    return config_from_dict(state["config"])
 
 
 def _training_data(args: argparse.Namespace) -> tuple[SplitFiles, SplitFiles | None, bool]:

@@ -25,13 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from focus_detr.checkpoint import CheckpointError, read_state_dict
+from focus_detr.engine.run_folder import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT
 from focus_detr.io import atomic_save
 
 logger = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = "last.pth"
-PREVIOUS_CHECKPOINT = "last_previous.pth"
-FINAL_MODEL = "model_final.pth"
 CHECKPOINT_FORMAT = "focus-detr"
 TRAINING_STATE_VERSION = 1
 
@@ -119,30 +117,6 @@ def categories_of(dataset: object, num_classes: int) -> list[dict[str, Any]]:
     return [{"id": i, "name": n} for i, n in zip(ids[:num_classes], names[:num_classes])]
 
 
-@dataclass
-class TrainingParts:
-    """What a training checkpoint restores besides the position and the random states."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": unwrap_model(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        unwrap_model(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-
-
 def save_training_checkpoint(output_dir: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
     """Write ``state`` to ``output_dir/last.pth``, keeping the previous file as
     ``last_previous.pth``. Returns the path written."""
@@ -167,14 +141,16 @@ def _keep_previous(last: Path, previous: Path) -> None:
     os.replace(staging, previous)
 
 
-def load_resume_checkpoint(
-    output_dir: str | os.PathLike[str],
-) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable training checkpoint of ``output_dir`` and its content, or None.
+def load_resume_checkpoint(output_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The newest readable training checkpoint of ``output_dir`` and its content.
 
     ``last.pth`` first; ``last_previous.pth`` if the former is missing or damaged.
+
+    Raises:
+        CheckpointError: no checkpoint, or none that can be read (the reasons are listed).
     """
     folder = Path(output_dir)
+    problems = []
     for name in (LAST_CHECKPOINT, PREVIOUS_CHECKPOINT):
         path = folder / name
         if not path.is_file():
@@ -183,7 +159,15 @@ def load_resume_checkpoint(
             return path, load_training_checkpoint(path)
         except CheckpointError as error:
             logger.warning("%s; trying the previous checkpoint", error)
-    return None
+            problems.append(str(error))
+    if not problems:
+        raise CheckpointError(
+            f"nothing to resume in {folder}: no {LAST_CHECKPOINT} or {PREVIOUS_CHECKPOINT} "
+            "(start without --resume, or point --out at the run to continue)"
+        )
+    raise CheckpointError(
+        f"cannot resume from {folder}: no checkpoint can be read:\n  " + "\n  ".join(problems)
+    )
 
 
 def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -192,25 +176,28 @@ def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise CheckpointError(f"cannot read training checkpoint {path}: {error}") from error
-    required = {"model", "optimizer", "scheduler", "iteration", "rng", "config"}
+    required = {"model", "optimizer", "iteration", "rng", "config"}
     if not isinstance(state, dict) or not required <= set(state):
         missing = sorted(required - set(state)) if isinstance(state, dict) else sorted(required)
         raise CheckpointError(f"{path} is not a focus-detr training checkpoint (lacks {missing})")
     return state
 
 
-def save_final_model(
+def save_model(
     path: str | os.PathLike[str],
-    model: nn.Module,
+    weights: Mapping[str, Tensor],
     config: Mapping[str, Any],
     categories: Sequence[Mapping[str, Any]],
+    **extra: Any,
 ) -> Path:
-    """Write ``{"format", "model", "config", "categories"}`` (what ``load_model`` reads)."""
+    """Write ``{"format", "model", "config", "categories", **extra}`` (what ``load_model``
+    reads: ``model`` holds the weights to use)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "model": unwrap_model(model).state_dict(),
+        "model": dict(weights),
         "config": dict(config),
         "categories": [dict(c) for c in categories],
+        **extra,
     }
     atomic_save(payload, path)
     return Path(path)

@@ -42,12 +42,14 @@ class InitSource:
         state_dict: the tensors, in this package's key layout.
         class_names: the checkpoint's classes in label order (None when unknown).
         config: the configuration our checkpoints record (``{"model": ..., ...}``), or None.
+        preset: the preset our checkpoints record, or None.
     """
 
     label: str
     state_dict: dict[str, Tensor]
     class_names: tuple[str, ...] | None
     config: dict[str, Any] | None
+    preset: str | None = None
 
 
 @dataclass
@@ -143,11 +145,13 @@ def read_init_source(
                 + "; ".join(conversion.aliases_conflicting[:10])
             )
     config = checkpoint.metadata.get("config")
+    preset = checkpoint.metadata.get("preset")
     return InitSource(
         label=label,
         state_dict=state,
         class_names=_source_class_names(state, checkpoint.metadata.get("categories")),
         config=dict(config) if isinstance(config, Mapping) else None,
+        preset=preset if isinstance(preset, str) else None,
     )
 
 

@@ -2,9 +2,11 @@
 
 Line kinds (key ``type``): ``train`` (averages over a log period: ``iteration``, ``epoch``,
 ``lr``, ``total_loss`` (weighted) and every unweighted loss, ``seconds_per_iter``,
-``data_seconds``), ``eval`` (``iteration``, ``epoch`` and the 12 COCO numbers), and events such
-as ``nonfinite`` (a skipped step). Every line also holds ``time``: seconds since the logger was
-created (wall clock of this process, for learning curves). Only the main process writes.
+``data_seconds``), ``eval`` (``iteration``, ``epoch`` and the 12 COCO numbers; with EMA also
+``ema_AP`` ...), and events such as ``nonfinite`` (a skipped step) and ``resume``. ``iteration``
+always counts the optimisation steps done. Every line also holds ``time``: seconds since the
+logger was created (wall clock of this process, for learning curves). Only the main process
+writes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from focus_detr.engine.run_folder import METRICS_FILE
+from focus_detr.io import atomic_write_bytes
 
 
 class MetricsLogger:
@@ -94,6 +97,26 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def truncate_metrics(output_dir: str | os.PathLike[str], iteration: int) -> int:
+    """Drop the records of iterations after ``iteration`` (written by a run that was then
+    resumed from an earlier checkpoint); returns how many were dropped."""
+    path = Path(output_dir) / METRICS_FILE
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if int(record.get("iteration", 0)) <= iteration:
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
+    return len(lines) - len(kept)
+
+
 class PeriodAverages:
     """Running means of the losses and timings between two log lines."""
 
@@ -161,7 +184,7 @@ class StepLog:
         else:
             self.period.add_skipped()
             self.log(f"iteration {result.iteration}: non-finite loss, step skipped")
-            event = {"type": "nonfinite", "iteration": result.iteration}
+            event = {"type": "nonfinite", "iteration": done}  # steps done, as everywhere
             self.metrics.write({**event, **result.losses})
         bar.update(1)
         if done % self.every == 0 or last:

@@ -159,7 +159,15 @@ class LRSchedule:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: LRSchedule
+    optimizer: torch.optim.Optimizer, schedule: LRSchedule, start_iteration: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` applying ``schedule``; call ``step()`` once per optimisation step."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
+    """A ``LambdaLR`` applying ``schedule`` from optimisation step ``start_iteration`` (a
+    resumed run's position); call ``step()`` once per optimisation step.
+
+    The groups' learning rates become ``base_lr * schedule(start_iteration)``.
+    """
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group.get("base_lr", group["lr"])
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, schedule.multiplier, last_epoch=start_iteration - 1
+    )

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from focus_detr.engine.distributed import all_reduce_sum
+from focus_detr.engine.ema import ModelEMA
 from focus_detr.losses import SetCriterion, prepare_targets
 from focus_detr.structures import FocusDETROutput
 
@@ -67,6 +68,7 @@ class OptimizationStep:
         max_nonfinite_steps: raise :class:`NonFiniteLossError` after this many skipped steps
             in a row (<= 0: never).
         nonfinite_in_a_row: skipped steps since the last finite one.
+        ema: moving average updated after every optimiser step (None: none).
     """
 
     model: nn.Module
@@ -81,6 +83,7 @@ class OptimizationStep:
     autocast_dtype: torch.dtype | None = None
     max_nonfinite_steps: int = 20
     nonfinite_in_a_row: int = 0
+    ema: ModelEMA | None = None
 
     def __call__(self, micro_batches: list[MicroBatch], iteration: int) -> StepResult:
         """Forward/backward every micro-batch, then one optimiser and scheduler step.
@@ -112,6 +115,8 @@ class OptimizationStep:
         if finite:
             grad_norm = self._update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
         else:
             grad_norm = math.nan
             self.optimizer.zero_grad(set_to_none=True)
