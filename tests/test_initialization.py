@@ -131,7 +131,7 @@ def test_a_preset_name_means_its_release_downloaded_once(detrex_release, monkeyp
         read_init_source("focus_detr_tiny")
 
 
-def test_train_command_fine_tunes_a_yolo_dataset_from_our_checkpoint(tmp_path, capsys):
+def test_train_command_fine_tunes_a_yolo_dataset_from_our_checkpoint(tmp_path, capsys, monkeypatch):
     from focus_detr.data.synthetic import SHAPES, generate_synthetic_yolo
     from focus_detr.engine.metrics_log import read_metrics
 
@@ -144,8 +144,9 @@ def test_train_command_fine_tunes_a_yolo_dataset_from_our_checkpoint(tmp_path, c
     data = generate_synthetic_yolo(
         tmp_path / "shapes", num_train=4, num_val=2, image_size_range=(64, 96), max_objects=3
     ).root
-    out = tmp_path / "run"
-    arguments = ["train", "--data", str(data), "--init-weights", str(weights), "--out", str(out)]
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "output" / "finetune"  # the default folder of a fine-tuning run
+    arguments = ["train", "--data", str(data), "--init-weights", str(weights)]
     arguments += ["--device", "cpu", "--no-progress", "--workers", "0"]
     assert main([*arguments, "--max-iters", "1"]) == 0
     printed = capsys.readouterr().out
@@ -162,8 +163,10 @@ def test_train_command_fine_tunes_a_yolo_dataset_from_our_checkpoint(tmp_path, c
         "hexagon",
     ]
     assert final["config"]["model"]["embed_dim"] == config.model.embed_dim  # the source's
-    assert main([*arguments, "--max-iters", "2", "--resume"]) == 0
+    assert main([*arguments, "--max-iters", "2", "--resume"]) == 0  # finds the run by itself
     assert "not applied again" in capsys.readouterr().out
+    resumed = torch.load(out / "last.pth", weights_only=True)
+    assert resumed["iteration"] == 2 and resumed["init_weights"] == str(weights)
     records = [r for r in read_metrics(out) if r["type"] == "init_weights"]
     assert len(records) == 1 and records[0]["source"] == str(weights)
     assert records[0]["new_classes"] == ["heart", "arrow", "hexagon"]

@@ -113,13 +113,13 @@ def run(args: argparse.Namespace) -> int:
     train_files, val_files, synthetic = _training_data(args)
     # a resumed run continues from its own checkpoint: nothing to read (or download) then
     init = read_init_source(args.init_weights) if args.init_weights and not args.resume else None
-    name, preset_name, base = _base_config(args, init, synthetic)
-    default_out = Path("output") / name
+    preset_name, base = _base_config(args, init, synthetic)
+    default_out = Path("output") / _run_name(args, synthetic)
     output_dir = Path(args.out) if args.out else default_out
     if args.resume and not args.out:
         output_dir = latest_run_folder(default_out)
     if args.resume:
-        base = _resumed_config(output_dir, args.preset)
+        preset_name, base = _resumed_config(output_dir, args.preset)
     config = apply_overrides(base, args.overrides)
     if args.workers is not None:
         config = _replace(config, "train", num_workers=args.workers)
@@ -172,12 +172,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _base_config(
-    args: argparse.Namespace, init: Any, synthetic: bool
-) -> tuple[str, str | None, Any]:
-    """(run name, preset name or None, configuration before ``--set``): ``--preset``; else the
-    preset named by ``--init-weights`` or the configuration its checkpoint records; else the
-    default preset."""
+def _run_name(args: argparse.Namespace, synthetic: bool) -> str:
+    """The default output folder's name: the preset's, or ``finetune`` for ``--init-weights``
+    from a checkpoint (known without reading it, so that ``--resume`` finds the run)."""
+    from focus_detr.presets import preset_names
+
+    if args.preset:
+        return str(args.preset)
+    if args.init_weights:
+        return args.init_weights if args.init_weights in preset_names() else "finetune"
+    return SYNTHETIC_PRESET if synthetic else COCO_PRESET
+
+
+def _base_config(args: argparse.Namespace, init: Any, synthetic: bool) -> tuple[str | None, Any]:
+    """(preset name or None, configuration before ``--set``): ``--preset``; else the preset
+    named by ``--init-weights`` or the configuration its checkpoint records; else the default
+    preset."""
     from focus_detr.config import config_from_dict
     from focus_detr.presets import get_preset, preset_names
 
@@ -186,7 +196,7 @@ def _base_config(
         name = args.init_weights
     if name is None and init is not None and init.config is not None:
         print(f"note: the configuration (model, train, loss) is {init.label}'s", file=sys.stderr)
-        return "finetune", init.preset, config_from_dict(init.config)
+        return init.preset, config_from_dict(init.config)
     name = name or (SYNTHETIC_PRESET if synthetic else COCO_PRESET)
     preset = get_preset(name)
     started = args.backbone_weights or args.resume or args.init_weights
@@ -196,12 +206,12 @@ def _base_config(
             f"({preset.backbone_weights}); without --backbone-weights the backbone is random",
             file=sys.stderr,
         )
-    return name, name, preset.config
+    return name, preset.config
 
 
-def _resumed_config(output_dir: Path, preset: str | None) -> Any:
-    """The configuration the run in ``output_dir`` was trained with (a resumed run keeps its
-    own settings; ``--set`` changes them explicitly)."""
+def _resumed_config(output_dir: Path, preset: str | None) -> tuple[str | None, Any]:
+    """The preset and configuration the run in ``output_dir`` was trained with (a resumed run
+    keeps its own settings; ``--set`` changes them explicitly)."""
     from focus_detr.config import config_from_dict
     from focus_detr.engine.checkpointing import load_resume_checkpoint
 
@@ -212,7 +222,7 @@ def _resumed_config(output_dir: Path, preset: str | None) -> Any:
             f"{path} is a run of the preset {recorded}, not {preset}; drop --preset to resume "
             "it, or start a new run (another --out)"
         )
-    return config_from_dict(state["config"])
+    return recorded or preset, config_from_dict(state["config"])
 
 
 def _training_data(args: argparse.Namespace) -> tuple[SplitFiles, SplitFiles | None, bool]:
