@@ -68,6 +68,20 @@ def test_yolo_voc_and_converted_coco_give_the_same_dataset_and_ap(yolo, converte
         np.testing.assert_allclose(_stats(found), _stats(expected), atol=1e-6)
 
 
+def test_voc_class_order_can_follow_the_training_split(yolo, voc):
+    from focus_detr.data.discovery import evaluation_split, load_split
+
+    names = list(reversed(yolo.category_names))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every object keeps a class
+        dataset = load_split(evaluation_split(voc), class_names=names)
+    assert dataset.category_names == names
+    reference = load_dataset(voc)
+    _, target = dataset[0]
+    _, expected = reference[0]
+    assert target["labels"].tolist() == [5 - label for label in expected["labels"].tolist()]
+
+
 def test_formats_are_detected_and_forced(yolo, converted, voc, tmp_path):
     assert detect_format(yolo.root) == "yolo" and detect_format(yolo.data_yaml) == "yolo"
     assert detect_format(voc) == "voc"
