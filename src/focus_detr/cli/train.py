@@ -159,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if result.evaluation is not None:
         split = _describe(val_files) if val_files else ""
-        weights = "EMA weights" if result.raw_evaluation is not None else "weights"
-        print(f"COCO box evaluation ({weights}) on {split} after {result.iterations} iterations:")
+        weights = " of the EMA weights" if result.raw_evaluation is not None else ""
+        print(f"COCO box evaluation{weights} on {split} after {result.iterations} iterations:")
         print(result.evaluation.format_table())
         if result.raw_evaluation is not None:
             print(f"raw (non-EMA) weights: AP {result.raw_evaluation.AP:.4f}")
