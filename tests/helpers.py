@@ -311,3 +311,83 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
         for k in a
         if a[k].is_floating_point()
     )
+
+
+# ----------------------------------------------------------------------- other formats
+
+
+def write_voc(
+    coco: dict, image_dir: Path, root: Path, split: str = "val", difficult: frozenset = frozenset()
+) -> Path:
+    """A Pascal VOC folder holding the images and objects of the COCO dict ``coco``.
+
+    Image ``id`` becomes ``<id:06d>.<suffix>`` listed in ``ImageSets/Main/<split>.txt`` in the
+    dict's order; class names go to ``classes.txt`` in category id order; boxes are written
+    1-based (``xmin = x + 1``); annotation ids in ``difficult`` are marked difficult.
+    """
+    import shutil
+    from xml.sax.saxutils import escape
+
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    categories = sorted(coco["categories"], key=lambda c: c["id"])
+    names = {c["id"]: c["name"] for c in categories}
+    (root / "classes.txt").write_text("".join(f"{c['name']}\n" for c in categories))
+    ids = []
+    for image in coco["images"]:
+        stem = f"{image['id']:06d}"
+        ids.append(stem)
+        suffix = Path(image["file_name"]).suffix
+        shutil.copy(image_dir / image["file_name"], root / "JPEGImages" / f"{stem}{suffix}")
+        objects = []
+        for a in coco["annotations"]:
+            if a["image_id"] != image["id"]:
+                continue
+            x, y, w, h = a["bbox"]
+            objects.append(
+                f"<object><name>{escape(names[a['category_id']])}</name>"
+                f"<difficult>{int(a['id'] in difficult)}</difficult><bndbox>"
+                f"<xmin>{x + 1!r}</xmin><ymin>{y + 1!r}</ymin>"
+                f"<xmax>{x + w!r}</xmax><ymax>{y + h!r}</ymax></bndbox></object>"
+            )
+        (root / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}{suffix}</filename><size><width>{image['width']}"
+            f"</width><height>{image['height']}</height><depth>3</depth></size>"
+            + "".join(objects)
+            + "</annotation>"
+        )
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+def stub_detections(coco: dict, seed: int = 0) -> list[dict]:
+    """Fixed COCO results for ``coco``: each object found with a jittered box, a random score
+    and sometimes the wrong class, plus a few false positives (a non-trivial AP)."""
+    rng = np.random.default_rng(seed)
+    category_ids = sorted(c["id"] for c in coco["categories"])
+    results = []
+    for a in coco["annotations"]:
+        if a.get("iscrowd"):
+            continue
+        x, y, w, h = a["bbox"]
+        jitter = rng.normal(0.0, 0.08, size=4) * [w, h, w, h]
+        category = a["category_id"] if rng.random() > 0.2 else int(rng.choice(category_ids))
+        box = [x + jitter[0], y + jitter[1], max(w + jitter[2], 1.0), max(h + jitter[3], 1.0)]
+        results.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": category,
+                "bbox": box,
+                "score": float(rng.random()),
+            }
+        )
+    for image in coco["images"][::2]:
+        results.append(
+            {
+                "image_id": image["id"],
+                "category_id": category_ids[0],
+                "bbox": [2.0, 3.0, 20.0, 15.0],
+                "score": float(rng.random()),
+            }
+        )
+    return results

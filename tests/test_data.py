@@ -143,11 +143,12 @@ def test_missing_and_unreadable_images_name_the_file(coco_dir):
         CocoDetection(image_dir, image_dir / "nope.json")
 
 
-def test_size_mismatch_is_an_error(coco_dir):
+def test_size_mismatch_found_when_loading_is_an_error(coco_dir):
     image_dir, _ = coco_dir
+    dataset = _load(coco_dir)  # the file changes after the check
     _write_png(image_dir / "9.png", 21, 20)
     with pytest.raises(ValueError, match=r"9\.png"):
-        _load(coco_dir)[2]
+        dataset[2]
 
 
 def test_annotation_file_without_annotations_or_categories(tmp_path):

@@ -16,7 +16,8 @@ from focus_detr.data import (
     ensure_synthetic_dataset,
     generate_synthetic_coco,
 )
-from focus_detr.data.synthetic import _shape_mask, _visible_objects
+from focus_detr.data.shapes import SHAPES, SHAPES_FINETUNE, shape_mask, visible_objects
+from focus_detr.data.synthetic import generate_synthetic_yolo
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -84,10 +85,10 @@ def test_objects_stand_out_from_the_background(dataset_root):
     assert np.median(image.max(axis=2)) < 170 and (inside > 170).mean() > 0.3
 
 
-@pytest.mark.parametrize("label", range(len(SYNTHETIC_CATEGORY_NAMES)))
-def test_shapes_fill_their_box(label):
+@pytest.mark.parametrize("name", sorted({*SHAPES.names, *SHAPES_FINETUNE.names}))
+def test_shapes_fill_their_box(name):
     for width, height in [(12, 12), (40, 31), (90, 100)]:
-        mask = _shape_mask(label, width, height)
+        mask = shape_mask(name, width, height)
         assert mask.shape == (height, width)
         assert mask[0].any() and mask[-1].any() and mask[:, 0].any() and mask[:, -1].any()
 
@@ -97,7 +98,7 @@ def test_visible_objects_are_tight_boxes_of_visible_pixels():
     instance_map[2:9, 3:12] = 1
     instance_map[5:15, 10:25] = 2  # occludes part of object 1
     instance_map[0, 0] = 3  # too small: skipped
-    objects = _visible_objects(instance_map, [4, 6, 1])
+    objects = visible_objects(instance_map, [4, 6, 1])
     assert objects == [
         (4, [3.0, 2.0, 9.0, 7.0], 7 * 9 - 4 * 2),
         (6, [10.0, 5.0, 15.0, 10.0], 150.0),
@@ -145,3 +146,24 @@ def test_ensure_never_deletes_foreign_folders(tmp_path):
     with pytest.raises(FileExistsError):
         ensure_synthetic_dataset(tmp_path, num_train=1, num_val=1)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_yolo_layout_of_the_fine_tuning_set(tmp_path):
+    paths = generate_synthetic_yolo(tmp_path / "yolo", num_train=6, num_val=2, seed=3)
+    assert paths.category_names == ("circle", "triangle", "star", "heart", "arrow", "hexagon")
+    assert set(paths.category_names) & set(SYNTHETIC_CATEGORY_NAMES) == {
+        "circle",
+        "triangle",
+        "star",
+    }
+    images = sorted(paths.train_images.glob("*.png"))
+    assert len(images) == 6 and len(list(paths.val_images.glob("*.png"))) == 2
+    text = paths.data_yaml.read_text()
+    assert "train: images/train" in text and "5: hexagon" in text
+    for image in images:
+        label_file = paths.root / "labels" / "train" / f"{image.stem}.txt"
+        rows = [line.split() for line in label_file.read_text().splitlines()]
+        assert rows and all(len(row) == 5 and 0 <= int(row[0]) < 6 for row in rows)
+        assert all(0 <= float(v) <= 1 for row in rows for v in row[1:])
+    again = generate_synthetic_yolo(tmp_path / "again", num_train=6, num_val=2, seed=3)
+    assert _files(paths.root) == _files(again.root)

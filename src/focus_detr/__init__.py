@@ -28,7 +28,10 @@ _EXPORTS = {
     "LossConfig": "focus_detr.config",
     "ModelConfig": "focus_detr.config",
     "TrainConfig": "focus_detr.config",
+    "load_dataset": "focus_detr.data.discovery",
     "evaluate": "focus_detr.engine.evaluator",
+    "InitReport": "focus_detr.engine.initialization",
+    "initialize_from": "focus_detr.engine.initialization",
     "train": "focus_detr.engine.trainer",
     "Predictor": "focus_detr.inference",
     "load_model": "focus_detr.inference",
@@ -48,6 +51,7 @@ __all__ = [
     "FocusDETR",
     "FocusDETROutput",
     "ImageBatch",
+    "InitReport",
     "LoadReport",
     "LossConfig",
     "ModelConfig",
@@ -58,7 +62,9 @@ __all__ = [
     "build_model",
     "evaluate",
     "get_preset",
+    "initialize_from",
     "load_checkpoint",
+    "load_dataset",
     "load_model",
     "preset_names",
     "train",
@@ -67,7 +73,9 @@ __all__ = [
 if TYPE_CHECKING:
     from focus_detr.checkpoint import CheckpointError, LoadReport, load_checkpoint
     from focus_detr.config import Config, ConfigError, LossConfig, ModelConfig, TrainConfig
+    from focus_detr.data.discovery import load_dataset
     from focus_detr.engine.evaluator import evaluate
+    from focus_detr.engine.initialization import InitReport, initialize_from
     from focus_detr.engine.trainer import train
     from focus_detr.inference import Predictor, load_model
     from focus_detr.models.build import build_model

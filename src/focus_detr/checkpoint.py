@@ -207,8 +207,8 @@ class Checkpoint:
 
     Attributes:
         state_dict: parameter and buffer tensors by name.
-        metadata: our checkpoints' ``config`` (model/train settings as dicts) and
-            ``categories`` (``[{"id", "name"}]``); empty for detrex releases.
+        metadata: our checkpoints' ``config`` (model/train settings as dicts),
+            ``categories`` (``[{"id", "name"}]``) and ``preset``; empty for detrex releases.
     """
 
     state_dict: dict[str, Tensor]
@@ -238,7 +238,8 @@ def read_checkpoint(source: str | os.PathLike[str] | Mapping[str, Tensor]) -> Ch
         state = {k[len("module.") :]: v for k, v in state.items()}
     metadata: dict[str, object] = {}
     if isinstance(payload, Mapping):
-        metadata = {k: payload[k] for k in ("config", "categories", "format") if k in payload}
+        recorded = ("config", "categories", "format", "preset")
+        metadata = {k: payload[k] for k in recorded if k in payload}
     return Checkpoint(state_dict=state, metadata=metadata)
 
 

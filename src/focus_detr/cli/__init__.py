@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from focus_detr.cli import benchmark, evaluate, parity, predict, presets, train
+from focus_detr.cli import benchmark, convert, evaluate, parity, predict, presets, train
 from focus_detr.errors import UsageError
 
-_COMMANDS = (presets, predict, parity, benchmark, train, evaluate)
+_COMMANDS = (presets, predict, parity, benchmark, train, evaluate, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

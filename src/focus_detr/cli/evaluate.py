@@ -1,4 +1,9 @@
-"""``focus-detr eval``: COCO box AP of a checkpoint on a COCO-format dataset."""
+"""``focus-detr eval``: COCO box AP of a checkpoint on a COCO, YOLO or Pascal VOC dataset.
+
+The model's classes are matched to the dataset's categories by name (else by id, see
+:mod:`focus_detr.data.categories`); a dataset whose categories the model does not know, or a
+split without images or objects, is an error rather than a table of zeros or -1.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,21 @@ import argparse
 from typing import Any
 
 from focus_detr.cli import common
+from focus_detr.data.discovery import FORMATS
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "eval",
-        help="COCO box AP of a checkpoint on a COCO-format dataset",
-        description="Evaluate weights on a split of a COCO-format folder; prints the COCO table.",
+        help="COCO box AP of a checkpoint on a COCO, YOLO or Pascal VOC dataset",
+        description="Evaluate weights on a split of a dataset folder; prints the COCO table.",
     )
     common.add_model_source(parser, keep_ratio_help="encoder keep ratio (default: the model's)")
-    parser.add_argument("--data", required=True, help="COCO-format folder")
-    parser.add_argument("--split", help="split name (default val2017, else val)")
+    parser.add_argument(
+        "--data", required=True, help="dataset folder: COCO, YOLO (data.yaml) or Pascal VOC"
+    )
+    parser.add_argument("--format", choices=FORMATS, help="dataset format (default: detected)")
+    parser.add_argument("--split", help="split name (default val2017, else val; VOC: val, test)")
     common.add_batch_size(parser)
     common.add_test_resize(parser)
     parser.add_argument("--per-class", action="store_true", help="also print per-class AP")
@@ -31,7 +40,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from focus_detr.checkpoint import read_checkpoint
-    from focus_detr.data.coco import CocoDetection
     from focus_detr.data.discovery import evaluation_split
     from focus_detr.engine.distributed import init_distributed, shutdown_distributed
     from focus_detr.engine.evaluator import evaluate
@@ -39,14 +47,14 @@ def run(args: argparse.Namespace) -> int:
 
     context = init_distributed(args.device or common.default_device())
     try:
-        files = evaluation_split(args.data, args.split)
+        files = evaluation_split(args.data, args.split, args.format)
         checkpoint = read_checkpoint(args.weights)
         # read once; load_model takes the state dict with its metadata as a checkpoint dict
         payload: Any = {"model": checkpoint.state_dict, **checkpoint.metadata}
         model, categories = load_model(
             payload, preset=args.preset, device=context.device, keep_ratio=args.keep_ratio
         )
-        dataset = CocoDetection(files.images, files.annotations, category_ids=categories.ids)
+        dataset, label_to_id = _dataset(files, categories)
         evaluation = evaluate(
             model,
             dataset,
@@ -55,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             min_size=args.min_size,
             max_size=args.max_size,
             num_workers=args.workers,
-            category_ids=categories.ids,
+            category_ids=label_to_id,
             per_class=args.per_class,
             results_path=args.results,
             progress=not args.no_progress,
@@ -63,8 +71,31 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown_distributed(context)
     if context.is_main:
-        print(f"COCO box evaluation on {files.annotations} ({evaluation.num_images} images):")
+        print(f"COCO box evaluation on {dataset.source} ({evaluation.num_images} images):")
         print(evaluation.format_table())
         if args.results:
             print(f"results written to {args.results}")
     return 0
+
+
+def _dataset(files: Any, categories: Any) -> tuple[Any, list[int]]:
+    """The split, labelled like the model (classes matched to categories by name, else id)."""
+    from focus_detr.data.categories import dataset_categories, match_model_categories
+    from focus_detr.data.discovery import open_split, read_split
+    from focus_detr.errors import DatasetError
+
+    annotations, image_dir = read_split(files)
+    ids, names, objects = dataset_categories(annotations)
+    source = files.annotations
+    if sum(objects.values()) == 0:
+        raise DatasetError(
+            f"{source}: the split {files.name or ''} has no annotated objects to evaluate "
+            f"against (COCO AP is undefined)"
+        )
+    label_to_id = match_model_categories(
+        categories.names, categories.ids, ids, names, source, objects
+    )
+    dataset = open_split(files, annotations, image_dir, category_ids=label_to_id)
+    if len(dataset) == 0:
+        raise DatasetError(f"{source}: the split {files.name or ''} has no usable images")
+    return dataset, label_to_id

@@ -53,9 +53,9 @@ def evaluate(
     Args:
         model: a :class:`~focus_detr.models.FocusDETR` (or a DDP wrapper of one); it is put in
             eval mode for the call and returned to its previous mode.
-        dataset: a :class:`~focus_detr.data.CocoDetection` (needs ``annotation_file``,
-            ``image_ids`` and ``category_ids``); its own transforms are replaced by the test
-            resize.
+        dataset: a :class:`~focus_detr.data.CocoDetection` (needs ``ground_truth`` or
+            ``annotation_file``, ``image_ids`` and ``category_ids``); its own transforms are
+            replaced by the test resize.
         batch_size: images per forward pass.
         device: where to run (the model is moved there; default: the model's device).
         min_size / max_size: test resize; by default the model's recipe (``model.config``,
@@ -71,9 +71,12 @@ def evaluate(
     Returns:
         The metrics (the same object on every process).
     """
-    for attribute in ("annotation_file", "image_ids"):
-        if not hasattr(dataset, attribute):
-            raise ValueError(f"evaluate needs a CocoDetection-like dataset (no {attribute!r})")
+    has_ground_truth = hasattr(dataset, "ground_truth") or hasattr(dataset, "annotation_file")
+    if not (has_ground_truth and hasattr(dataset, "image_ids")):
+        raise ValueError(
+            "evaluate needs a CocoDetection-like dataset (image_ids, and ground_truth or "
+            "annotation_file)"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     label_to_id = list(category_ids if category_ids is not None else dataset.category_ids)
@@ -183,8 +186,10 @@ def _score(
         merged = [item for part in gathered for item in part]
         if results_path is not None:
             write_results_json(results_path, merged)
+        # a CocoDetection read from YOLO or VOC has its COCO dict as ground truth
+        ground_truth = getattr(dataset, "ground_truth", None) or dataset.annotation_file
         evaluation = evaluate_detections(
-            merged, dataset.annotation_file, per_class=per_class, image_ids=dataset.image_ids
+            merged, ground_truth, per_class=per_class, image_ids=dataset.image_ids
         )
     return broadcast_object(evaluation)
 

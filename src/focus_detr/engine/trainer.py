@@ -48,6 +48,7 @@ from focus_detr.engine.distributed import (
 from focus_detr.engine.ema import ModelEMA
 from focus_detr.engine.evaluation import CocoEvaluation
 from focus_detr.engine.evaluator import evaluate
+from focus_detr.engine.initialization import InitReport, initialize_from
 from focus_detr.engine.metrics_log import MetricsLogger, StepLog, truncate_metrics
 from focus_detr.engine.model_selection import BestSoFar
 from focus_detr.engine.optim import (
@@ -137,6 +138,11 @@ class Trainer:
         new_folder_if_taken: write to a fresh ``<output_dir>-N`` if ``output_dir`` is taken.
         max_iters: stop after this many steps (the schedule still follows the epochs).
         backbone_weights: ImageNet weights for the backbone (torchvision ResNet or Swin file).
+        init_weights: trained weights to start from (checkpoint, URL, preset name or an
+            :class:`~focus_detr.engine.initialization.InitSource`): every matching tensor is
+            loaded and class rows are mapped by class name (see
+            :func:`~focus_detr.engine.initialization.initialize_from`); a resumed run continues
+            from its checkpoint instead. Recorded in ``metrics.jsonl`` and the checkpoints.
         metadata: extra entries recorded in the checkpoints (e.g. the preset's name).
         tensorboard: also write TensorBoard scalars.
         progress: show a progress bar (main process).
@@ -156,6 +162,7 @@ class Trainer:
         new_folder_if_taken: bool = False,
         max_iters: int | None = None,
         backbone_weights: str | os.PathLike[str] | None = None,
+        init_weights: Any = None,
         metadata: Mapping[str, Any] | None = None,
         tensorboard: bool = False,
         progress: bool = True,
@@ -181,6 +188,7 @@ class Trainer:
         self.stop_iteration = min(self.schedule.max_iters, max_iters or self.schedule.max_iters)
         self.model = self._build_model(backbone_weights)
         self.categories = categories_of(train_dataset, config.model.num_classes)
+        self.init_report = self._initialize(init_weights, resume)  # before the EMA copies it
         self.ema = self._build_ema()
         self.optimizer = build_optimizer(self.model, self.train_cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.amp == "fp16")
@@ -196,6 +204,10 @@ class Trainer:
         )
         if resumed is not None:
             self._record_resume(resumed)
+        if self.init_report is not None:
+            self.metrics.write({"type": "init_weights", **self.init_report.as_dict()})
+        elif resumed is not None and "init_weights" in resumed:  # keep it in the checkpoints
+            self.metadata.setdefault("init_weights", resumed["init_weights"])
 
     # ---------------------------------------------------------------- setup
 
@@ -231,6 +243,19 @@ class Trainer:
             self.log(report.summary())
         seed_everything(self.train_cfg.seed + self.context.rank)
         return model.to(self.device).train()
+
+    def _initialize(self, init_weights: Any, resume: bool) -> InitReport | None:
+        """Start from trained weights, class rows mapped by the training set's class names."""
+        if init_weights is None:
+            return None
+        if resume:
+            self.log("continuing a run: its initial weights are not applied again")
+            return None
+        names = [category["name"] for category in self.categories]
+        report = initialize_from(self.model, init_weights, class_names=names)
+        self.log(report.summary())
+        self.metadata["init_weights"] = report.source  # recorded in the checkpoints
+        return report
 
     def _build_ema(self) -> ModelEMA | None:
         if not self.train_cfg.ema:
