@@ -42,3 +42,8 @@ def test_float_image_in_0_1_and_uint8_images_do_not_warn(model) -> None:
         model([image])
         model(ImageBatch.from_images([image.float() / 255]))
 
+
+def test_predictor_explains_how_to_convert_a_float_image(model) -> None:
+    predictor = focus_detr.Predictor(model, min_size=32, max_size=64)
+    with pytest.raises(ValueError, match=r"uint8 .*\* 255"):
+        predictor([random_image(40, 50).float() / 255])
