@@ -5,16 +5,17 @@ Six panels on a white sheet, each titled with what it shows and how many tokens:
     image (+ detections)    foreground score, best level    foreground score per level | bar
     updated by layer 1      updated by the last layer       ran the dual attention (any layer)
 
-Scores use a perceptually uniform map (viridis) with a colour bar; token panels dim the image
-and fill each chosen token's cell in its level's colour (coarse levels first, finer on top),
-with a legend of the levels. Panels are scaled so the image's long side is 320-480 pixels,
-which keeps the text readable for thumbnails and photos alike.
+Scores use a perceptually uniform map (viridis) with a colour bar. Token panels show one small
+picture per feature level (stacking levels would hide the fine tokens under the coarse ones):
+the image dimmed to grey, each chosen token's cell lit in amber. Panels are scaled so the
+image's long side is 320-480 pixels, which keeps the text readable for thumbnails and photos
+alike.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -47,8 +48,7 @@ _VIRIDIS = np.stack(
     ],
     axis=1,
 ).astype(np.uint8)
-# finest level brightest: small objects' tokens stand out on top of the coarse ones
-_LEVEL_COLOURS = ((255, 226, 0), (255, 128, 0), (230, 40, 110), (140, 70, 230), (40, 160, 255))
+_HIGHLIGHT = (255, 176, 0)  # amber: chosen tokens, readable over any dimmed grey image
 _MARGIN = 10
 _TITLE_HEIGHT = 22
 _BAR_WIDTH = 70
@@ -68,34 +68,40 @@ def draw_focus_map(
     base = image.convert("RGB") if isinstance(image, Image.Image) else _tensor_to_pil(image)
     if base.size != (focus.image_size[1], focus.image_size[0]):
         raise ValueError(f"the image is {base.size[::-1]}, the focus map {focus.image_size}")
-    if detections is not None:
-        base = draw_detections(
-            base, detections["boxes"], detections["labels"], detections["scores"], class_names
-        )
     long_side = min(480, max(320, max(base.size)))
     scale = long_side / max(base.size)
     size = (max(1, round(base.width * scale)), max(1, round(base.height * scale)))
     photo = base.resize(size, Image.Resampling.BILINEAR)
     font = ImageFont.load_default(size=13)
+    first = photo
+    if detections is not None:
+        boxes = detections["boxes"].float() * scale  # drawn at panel size: readable labels
+        first = draw_detections(
+            photo, boxes, detections["labels"], detections["scores"], class_names
+        )
     last = len(focus.updated)
+    dual = _union(focus.dual_attention)
     panels = [
-        ("image" + (" and detections" if detections is not None else ""), photo),
-        ("foreground score (best level)", _heat(photo, focus.merged_foreground(), focus, 0)),
-        ("foreground score per level", _levels_panel(focus, size, font)),
+        ("image" + (" and detections" if detections is not None else ""), first),
+        (
+            "foreground score, best level",
+            _heat(photo, focus.merged_foreground(), focus.strides[0], focus),
+        ),
+        ("foreground score per level", _per_level(photo, focus, font, focus.foreground, _heat)),
         (
             _count_title("updated by layer 1", focus.updated[0], focus),
-            _tokens(photo, focus.updated[0], focus),
+            _per_level(photo, focus, font, focus.updated[0], _tokens),
         ),
         (
             _count_title(f"updated by layer {last} (last)", focus.updated[-1], focus),
-            _tokens(photo, focus.updated[-1], focus),
+            _per_level(photo, focus, font, focus.updated[-1], _tokens),
         ),
         (
-            _count_title("ran dual attention (any layer)", _union(focus.dual_attention), focus),
-            _tokens(photo, _union(focus.dual_attention), focus),
+            _count_title("ran dual attention (any layer)", dual, focus),
+            _per_level(photo, focus, font, dual, _tokens),
         ),
     ]
-    return _sheet(panels, size, font, len(focus.strides), focus.strides)
+    return _sheet(panels, size, font)
 
 
 def _tensor_to_pil(image: Tensor) -> Image.Image:
@@ -105,23 +111,20 @@ def _tensor_to_pil(image: Tensor) -> Image.Image:
 
 
 def _union(per_layer: Sequence[Sequence[np.ndarray]]) -> tuple[np.ndarray, ...]:
-    return tuple(
-        np.logical_or.reduce([layer[level] for layer in per_layer])
-        for level in range(len(per_layer[0]))
-    )
+    levels = range(len(per_layer[0]))
+    return tuple(np.logical_or.reduce([layer[level] for layer in per_layer]) for level in levels)
 
 
 def _count_title(text: str, masks: Sequence[np.ndarray], focus: FocusMap) -> str:
     count = sum(int(mask.sum()) for mask in masks)
-    return f"{text}: {count} of {focus.num_tokens} tokens ({100 * count / focus.num_tokens:.0f}%)"
+    return f"{text}: {count} tokens ({100 * count / focus.num_tokens:.0f}%)"
 
 
 def _grid_to_panel(
     grid: Image.Image, stride: int, focus: FocusMap, size: tuple[int, int]
 ) -> Image.Image:
-    """A token grid (one pixel per token) drawn over ``size``: each token fills its cell."""
-    per_input_pixel = size[0] / focus.input_size[1]
-    cell = stride * per_input_pixel
+    """A token grid (one pixel per token) stretched over ``size``: each token fills its cell."""
+    cell = stride * size[0] / focus.input_size[1]
     stretched = grid.resize(
         (max(1, round(grid.width * cell)), max(1, round(grid.height * cell))),
         Image.Resampling.NEAREST,
@@ -131,69 +134,66 @@ def _grid_to_panel(
     return canvas
 
 
-def _heat(photo: Image.Image, scores: np.ndarray, focus: FocusMap, level: int) -> Image.Image:
+def _heat(photo: Image.Image, scores: np.ndarray, stride: int, focus: FocusMap) -> Image.Image:
     """Scores in [0, 1] in viridis, over a faint grey copy of the photo."""
     indices = np.clip(np.rint(scores * 255), 0, 255).astype(np.uint8)
-    grid = Image.fromarray(indices, mode="L")
-    stretched = np.asarray(_grid_to_panel(grid, focus.strides[level], focus, photo.size))
-    coloured = _VIRIDIS[stretched].astype(np.float32)
+    stretched = np.asarray(
+        _grid_to_panel(Image.fromarray(indices, mode="L"), stride, focus, photo.size)
+    )
     grey = np.asarray(photo.convert("L"), dtype=np.float32)[:, :, None]
-    return Image.fromarray((0.8 * coloured + 0.2 * grey).astype(np.uint8))
+    return Image.fromarray((0.8 * _VIRIDIS[stretched] + 0.2 * grey).astype(np.uint8))
 
 
-def _levels_panel(
-    focus: FocusMap, size: tuple[int, int], font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+def _tokens(photo: Image.Image, mask: np.ndarray, stride: int, focus: FocusMap) -> Image.Image:
+    """The photo dimmed to grey, the chosen tokens' cells lit in amber."""
+    grey = np.asarray(photo.convert("L"), dtype=np.float32)[:, :, None]
+    chosen = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    lit = np.asarray(_grid_to_panel(chosen, stride, focus, photo.size))[:, :, None] > 0
+    dimmed = np.repeat(0.4 * grey, 3, axis=2)
+    highlighted = 0.35 * grey + 0.65 * np.array(_HIGHLIGHT, dtype=np.float32)
+    return Image.fromarray(np.where(lit, highlighted, dimmed).astype(np.uint8))
+
+
+def _per_level(
+    photo: Image.Image,
+    focus: FocusMap,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    grids: Sequence[np.ndarray],
+    render: Callable[[Image.Image, np.ndarray, int, FocusMap], Image.Image],
 ) -> Image.Image:
-    """Each level's scores as a small heat map, in a near-square grid, labelled by stride."""
-    count = len(focus.foreground)
+    """One small picture per level in a near-square grid, each labelled with its stride."""
+    count = len(grids)
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     gap = 4
-    cell = ((size[0] - gap * (columns - 1)) // columns, (size[1] - gap * (rows - 1)) // rows)
-    panel = Image.new("RGB", size, (255, 255, 255))
+    width = (photo.width - gap * (columns - 1)) // columns
+    height = (photo.height - gap * (rows - 1)) // rows
+    small = photo.resize((max(1, width), max(1, height)), Image.Resampling.BILINEAR)
+    panel = Image.new("RGB", photo.size, (255, 255, 255))
     draw = ImageDraw.Draw(panel)
-    for level, scores in enumerate(focus.foreground):
-        indices = np.clip(np.rint(scores * 255), 0, 255).astype(np.uint8)
-        small = Image.fromarray(_VIRIDIS[indices]).resize(cell, Image.Resampling.NEAREST)
-        x = (level % columns) * (cell[0] + gap)
-        y = (level // columns) * (cell[1] + gap)
-        panel.paste(small, (x, y))
-        label = f"stride {focus.strides[level]}: {scores.shape[0]}x{scores.shape[1]}"
+    for level, grid in enumerate(grids):
+        x, y = (level % columns) * (width + gap), (level // columns) * (height + gap)
+        panel.paste(render(small, grid, focus.strides[level], focus), (x, y))
+        label = f"stride {focus.strides[level]}"
+        if grid.dtype == bool:
+            label += f": {int(grid.sum())}/{grid.size}"
         box = draw.textbbox((x + 3, y + 2), label, font=font)
         draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(255, 255, 255))
         draw.text((x + 3, y + 2), label, fill=(0, 0, 0), font=font)
     return panel
 
 
-def _tokens(photo: Image.Image, masks: Sequence[np.ndarray], focus: FocusMap) -> Image.Image:
-    """The photo dimmed, each chosen token's cell filled in its level's colour."""
-    dimmed = Image.fromarray(
-        (np.asarray(photo.convert("L"), dtype=np.float32) * 0.45).astype(np.uint8)
-    ).convert("RGB")
-    for level in reversed(range(len(masks))):  # coarse first, finer on top
-        grid = Image.fromarray(masks[level].astype(np.uint8) * 170, mode="L")
-        alpha = _grid_to_panel(grid, focus.strides[level], focus, photo.size)
-        colour = Image.new("RGB", photo.size, _LEVEL_COLOURS[level % len(_LEVEL_COLOURS)])
-        dimmed = Image.composite(colour, dimmed, alpha)
-    return dimmed
-
-
 def _sheet(
     panels: list[tuple[str, Image.Image]],
     size: tuple[int, int],
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-    num_levels: int,
-    strides: Sequence[int],
 ) -> Image.Image:
-    """Panels in two rows of three with titles, a colour bar right of the first row and a
-    legend of the level colours under the second."""
+    """Panels in two rows of three under their titles, the colour bar right of the first row."""
     width, height = size
     column_width = max(width, 300)
-    sheet_width = 3 * column_width + 4 * _MARGIN + _BAR_WIDTH
     row_height = _TITLE_HEIGHT + height + _MARGIN
-    legend_height = 24
     sheet = Image.new(
-        "RGB", (sheet_width, _MARGIN + 2 * row_height + legend_height), (255, 255, 255)
+        "RGB", (3 * column_width + 4 * _MARGIN + _BAR_WIDTH, _MARGIN + 2 * row_height), "white"
     )
     draw = ImageDraw.Draw(sheet)
     for index, (title, panel) in enumerate(panels):
@@ -201,10 +201,8 @@ def _sheet(
         y = _MARGIN + (index // 3) * row_height
         draw.text((x, y + 3), title, fill=(0, 0, 0), font=font)
         sheet.paste(panel, (x, y + _TITLE_HEIGHT))
-    _colour_bar(
-        draw, (3 * (column_width + _MARGIN) + _MARGIN, _MARGIN + _TITLE_HEIGHT), height, font
-    )
-    _legend(draw, (_MARGIN, _MARGIN + 2 * row_height), num_levels, strides, font)
+    bar_origin = (3 * (column_width + _MARGIN) + _MARGIN, _MARGIN + _TITLE_HEIGHT)
+    _colour_bar(draw, bar_origin, height, font)
     return sheet
 
 
@@ -214,36 +212,15 @@ def _colour_bar(
     height: int,
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
 ) -> None:
+    """Viridis from 0 (bottom) to 1 (top) with ticks, titled with what it measures."""
     x, y = origin
     for row in range(height):
         value = 1.0 - row / max(1, height - 1)
-        draw.line(
-            (x, y + row, x + 16, y + row), fill=tuple(int(c) for c in _VIRIDIS[round(value * 255)])
-        )
+        colour = tuple(int(c) for c in _VIRIDIS[round(value * 255)])
+        draw.line((x, y + row, x + 16, y + row), fill=colour)
     draw.rectangle((x, y, x + 16, y + height - 1), outline=(0, 0, 0))
     for value in (0.0, 0.25, 0.5, 0.75, 1.0):
         tick_y = y + round((1.0 - value) * (height - 1))
         draw.line((x + 16, tick_y, x + 20, tick_y), fill=(0, 0, 0))
         draw.text((x + 23, tick_y - 7), f"{value:.2f}", fill=(0, 0, 0), font=font)
     draw.text((x - 4, y - _TITLE_HEIGHT + 3), "P(fg)", fill=(0, 0, 0), font=font)
-
-
-def _legend(
-    draw: ImageDraw.ImageDraw,
-    origin: tuple[int, int],
-    num_levels: int,
-    strides: Sequence[int],
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-) -> None:
-    x, y = origin
-    draw.text((x, y + 3), "token level:", fill=(0, 0, 0), font=font)
-    x += 90
-    for level in range(num_levels):
-        draw.rectangle(
-            (x, y + 4, x + 14, y + 18),
-            fill=_LEVEL_COLOURS[level % len(_LEVEL_COLOURS)],
-            outline=(0, 0, 0),
-        )
-        label = f"stride {strides[level]}"
-        draw.text((x + 19, y + 4), label, fill=(0, 0, 0), font=font)
-        x += 19 + int(draw.textlength(label, font=font)) + 16
