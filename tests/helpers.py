@@ -329,3 +329,16 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, **model: object) -> Path:
     network = randomize_(build_model(config.model), seed)
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(CATEGORY_NAMES)]
     return save_final_model(path, network, config_to_dict(config), categories)
+
+
+def predict_arguments(inputs: list, out: Path, weights: Path, *extra: str) -> list[str]:
+    """``focus-detr predict`` arguments: CPU, every detection (threshold 0), no progress bars."""
+    arguments = ["predict", *map(str, inputs), "--weights", str(weights), "--out", str(out)]
+    return [*arguments, "--device", "cpu", "--threshold", "0", "--no-progress", *extra]
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines file."""
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -13,7 +13,7 @@ import focus_detr
 from focus_detr.cli import main
 from focus_detr.focus_maps import compute_focus_maps
 from focus_detr.visualize_focus import draw_focus_map
-from tests.helpers import random_image, randomize_, tiny_config
+from tests.helpers import predict_arguments, random_image, randomize_, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,9 +83,8 @@ def test_picture_shows_the_panels_and_refuses_the_wrong_image(model, images) -> 
 
 def test_predict_writes_a_focus_map_per_image_in_batches(synthetic, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
-    arguments = ["predict", str(synthetic.val_images), "--weights", str(tiny_checkpoint)]
-    arguments += ["--out", str(out), "--focus-maps", "--batch-size", "4", "--no-progress"]
-    assert main(arguments) == 0
+    extra = ("--focus-maps", "--batch-size", "4")
+    assert main(predict_arguments([synthetic.val_images], out, tiny_checkpoint, *extra)) == 0
     written = sorted(path.name for path in (out / "focus_maps").iterdir())
     assert written == sorted(path.name for path in synthetic.val_images.glob("*.png"))
     for path in (out / "focus_maps").iterdir():

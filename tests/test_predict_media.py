@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 import focus_detr
 from focus_detr.cli import main
+from tests.helpers import predict_arguments, read_json_lines
 
 av = pytest.importorskip("av")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,15 +48,6 @@ def _decoded_frames(path: Path) -> list[torch.Tensor]:
             torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
             for frame in container.decode(video=0)
         ]
-
-
-def _predict(inputs: list[Path], out: Path, weights: Path, *extra: str) -> list[str]:
-    arguments = ["predict", *map(str, inputs), "--weights", str(weights), "--out", str(out)]
-    return [*arguments, "--device", "cpu", "--threshold", "0", "--no-progress", *extra]
-
-
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def _assert_same_records(mine: list[dict], expected: list[dict]) -> None:
@@ -105,8 +96,8 @@ def test_video_frames_get_the_detections_of_the_frames_as_images(
     videos, tiny_checkpoint, tmp_path, kind
 ) -> None:
     out = tmp_path / "out"
-    assert main(_predict([videos[kind]], out, tiny_checkpoint, "--batch-size", "3")) == 0
-    lines = _lines(out / "videos" / "moving.jsonl")
+    assert main(predict_arguments([videos[kind]], out, tiny_checkpoint, "--batch-size", "3")) == 0
+    lines = read_json_lines(out / "videos" / "moving.jsonl")
     assert [line["frame"] for line in lines] == list(range(NUM_FRAMES))
     np.testing.assert_allclose([line["time"] for line in lines], np.arange(NUM_FRAMES) / 10)
     model, _ = focus_detr.load_model(tiny_checkpoint)
@@ -119,8 +110,8 @@ def test_video_frames_get_the_detections_of_the_frames_as_images(
 
 def test_video_stride_takes_every_kth_frame(videos, tiny_checkpoint, tmp_path) -> None:
     out = tmp_path / "out"
-    assert main(_predict([videos["mp4"]], out, tiny_checkpoint, "--vid-stride", "3")) == 0
-    lines = _lines(out / "videos" / "moving.jsonl")
+    assert main(predict_arguments([videos["mp4"]], out, tiny_checkpoint, "--vid-stride", "3")) == 0
+    lines = read_json_lines(out / "videos" / "moving.jsonl")
     assert [line["frame"] for line in lines] == [0, 3, 6]
     np.testing.assert_allclose([line["time"] for line in lines], [0.0, 0.3, 0.6])
     assert len(_decoded_frames(out / "annotated" / "moving.mp4")) == 3
@@ -136,11 +127,11 @@ def test_a_corrupt_video_is_reported_and_the_rest_processed(
     image = sorted(synthetic.val_images.glob("*.png"))[0]
     shutil.copy(image, folder / "still.png")
     out = tmp_path / "out"
-    assert main(_predict([folder], out, tiny_checkpoint)) == 1
+    assert main(predict_arguments([folder], out, tiny_checkpoint)) == 1
     captured = capsys.readouterr()
     assert "broken.mp4" in captured.err and "1 files could not be read" in captured.err
     assert "1 images, 1 videos (8 frames)" in captured.out
-    assert len(_lines(out / "videos" / "moving.jsonl")) == NUM_FRAMES
+    assert len(read_json_lines(out / "videos" / "moving.jsonl")) == NUM_FRAMES
     assert (out / "annotated" / "still.png").is_file()
 
 
@@ -148,11 +139,11 @@ def test_batched_predict_equals_batch_size_one(synthetic, tiny_checkpoint, tmp_p
     runs = {}
     for batch_size in ("1", "4"):
         out = tmp_path / f"batch{batch_size}"
-        arguments = _predict(
+        arguments = predict_arguments(
             [synthetic.val_images], out, tiny_checkpoint, "--batch-size", batch_size
         )
         assert main(arguments) == 0
-        runs[batch_size] = _lines(out / "predictions.jsonl")
+        runs[batch_size] = read_json_lines(out / "predictions.jsonl")
     assert [line["file_name"] for line in runs["4"]] == [line["file_name"] for line in runs["1"]]
     assert len(runs["1"]) == 6
     for one, four in zip(runs["1"], runs["4"]):
@@ -168,8 +159,8 @@ def test_nms_and_slicing_options_reach_the_predictor(synthetic, tiny_checkpoint,
         "sliced": ("--slice", "48x48", "--slice-overlap", "0.25", "--batch-size", "4"),
     }.items():
         out = tmp_path / name
-        assert main(_predict([image], out, tiny_checkpoint, *extra)) == 0
-        (line,) = _lines(out / "predictions.jsonl")
+        assert main(predict_arguments([image], out, tiny_checkpoint, *extra)) == 0
+        (line,) = read_json_lines(out / "predictions.jsonl")
         counts[name] = len(line["detections"])
         for record in line["detections"]:
             x, y, w, h = record["bbox"]

@@ -15,6 +15,7 @@ import focus_detr
 from focus_detr.cli import main
 from focus_detr.io import list_image_files
 from focus_detr.predict import predict_files
+from tests.helpers import predict_arguments, read_json_lines
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,21 +30,11 @@ def photos(synthetic, tmp_path) -> Path:
     return folder
 
 
-def _predict(inputs: list[Path | str], out: Path | str, weights: Path | str) -> list[str]:
-    return ["predict", *map(str, inputs), "--weights", str(weights), "--out", str(out)] + [
-        "--device",
-        "cpu",
-        "--threshold",
-        "0",
-        "--no-progress",
-    ]
-
-
 def test_out_naming_a_file_is_refused_before_any_work(photos, tmp_path, capsys) -> None:
     out = tmp_path / "results.json"
     out.write_text("keep me")
     # the weights do not exist either: the output is checked first, before loading a model
-    assert main(_predict([photos], out, tmp_path / "missing.pth")) == 2
+    assert main(predict_arguments([photos], out, tmp_path / "missing.pth")) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: --out") and "is a file" in error and error.count("\n") == 1
     assert out.read_text() == "keep me"
@@ -52,7 +43,7 @@ def test_out_naming_a_file_is_refused_before_any_work(photos, tmp_path, capsys) 
 def test_out_that_cannot_be_created_is_refused_before_any_work(photos, tmp_path, capsys) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    assert main(_predict([photos], blocker / "out", tmp_path / "missing.pth")) == 2
+    assert main(predict_arguments([photos], blocker / "out", tmp_path / "missing.pth")) == 2
     assert capsys.readouterr().err.startswith("error: --out")
 
 
@@ -62,7 +53,7 @@ def test_read_only_out_is_refused_before_any_work(photos, tmp_path, capsys) -> N
     out.mkdir()
     out.chmod(0o500)
     try:
-        assert main(_predict([photos], out, tmp_path / "missing.pth")) == 2
+        assert main(predict_arguments([photos], out, tmp_path / "missing.pth")) == 2
         assert "cannot write" in capsys.readouterr().err
     finally:
         out.chmod(0o700)
@@ -90,7 +81,7 @@ def test_results_are_written_as_they_come_and_kept_on_ctrl_c(
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         predict_files(predictor, categories, [str(photos)], out, threshold=0.0, progress=False)
-    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    lines = read_json_lines(out / "predictions.jsonl")
     done = sorted(photos.glob("*.png"))[:2]
     assert [Path(line["file_name"]).name for line in lines] == [p.name for p in done]
     assert all(len(line["detections"]) > 0 for line in lines)
@@ -101,10 +92,10 @@ def test_results_are_written_as_they_come_and_kept_on_ctrl_c(
 
 def test_predict_never_writes_over_its_inputs(photos, tiny_checkpoint, tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    assert main(_predict([photos], out, tiny_checkpoint)) == 0
+    assert main(predict_arguments([photos], out, tiny_checkpoint)) == 0
     annotated = sorted((out / "annotated").iterdir())
     before = {path: path.read_bytes() for path in annotated}
-    assert main(_predict([out / "annotated"], out, tiny_checkpoint)) == 2
+    assert main(predict_arguments([out / "annotated"], out, tiny_checkpoint)) == 2
     error = capsys.readouterr().err
     assert "overwrite" in error and str(annotated[0]) in error
     assert {path: path.read_bytes() for path in annotated} == before
@@ -115,7 +106,7 @@ def test_searching_a_folder_skips_the_output_folder_inside_it(
 ) -> None:
     out = photos / "results"
     for _ in range(2):  # the second run must not take the first run's pictures as inputs
-        assert main(_predict([photos], out, tiny_checkpoint)) == 0
+        assert main(predict_arguments([photos], out, tiny_checkpoint)) == 0
         lines = (out / "predictions.jsonl").read_text().splitlines()
         assert sorted(Path(json.loads(line)["file_name"]).name for line in lines) == sorted(
             p.name for p in photos.glob("*.png")
@@ -139,13 +130,13 @@ def test_folder_without_images_is_an_error(tiny_checkpoint, tmp_path, capsys) ->
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no pictures here")
-    assert main(_predict([empty], tmp_path / "out", tiny_checkpoint)) == 2
+    assert main(predict_arguments([empty], tmp_path / "out", tiny_checkpoint)) == 2
     error = capsys.readouterr().err
     assert "no images or videos" in error and str(empty) in error
 
 
 def test_weights_naming_a_folder_is_a_clear_error(photos, tiny_checkpoint, tmp_path, capsys):
-    assert main(_predict([photos], tmp_path / "out", tiny_checkpoint.parent)) == 2
+    assert main(predict_arguments([photos], tmp_path / "out", tiny_checkpoint.parent)) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "is a folder" in error and "model_final.pth" in error
 

@@ -29,16 +29,21 @@ _EXPORTS = {
     "ModelConfig": "focus_detr.config",
     "TrainConfig": "focus_detr.config",
     "evaluate": "focus_detr.engine.evaluator",
+    "FocusMap": "focus_detr.focus_maps",
+    "compute_focus_maps": "focus_detr.focus_maps",
     "train": "focus_detr.engine.trainer",
     "Predictor": "focus_detr.inference",
     "load_model": "focus_detr.inference",
+    "to_supervision": "focus_detr.integrations.supervision",
     "build_model": "focus_detr.models.build",
     "FocusDETR": "focus_detr.models.detector",
     "Preset": "focus_detr.presets",
     "get_preset": "focus_detr.presets",
+    "predict_files": "focus_detr.predict",
     "preset_names": "focus_detr.presets",
     "FocusDETROutput": "focus_detr.structures",
     "ImageBatch": "focus_detr.structures",
+    "draw_focus_map": "focus_detr.visualize_focus",
 }
 
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "ConfigError",
     "FocusDETR",
     "FocusDETROutput",
+    "FocusMap",
     "ImageBatch",
     "LoadReport",
     "LossConfig",
@@ -56,11 +62,15 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "build_model",
+    "compute_focus_maps",
+    "draw_focus_map",
     "evaluate",
     "get_preset",
     "load_checkpoint",
     "load_model",
+    "predict_files",
     "preset_names",
+    "to_supervision",
     "train",
 ]
 
@@ -69,11 +79,15 @@ if TYPE_CHECKING:
     from focus_detr.config import Config, ConfigError, LossConfig, ModelConfig, TrainConfig
     from focus_detr.engine.evaluator import evaluate
     from focus_detr.engine.trainer import train
+    from focus_detr.focus_maps import FocusMap, compute_focus_maps
     from focus_detr.inference import Predictor, load_model
+    from focus_detr.integrations.supervision import to_supervision
     from focus_detr.models.build import build_model
     from focus_detr.models.detector import FocusDETR
+    from focus_detr.predict import predict_files
     from focus_detr.presets import Preset, get_preset, preset_names
     from focus_detr.structures import FocusDETROutput, ImageBatch
+    from focus_detr.visualize_focus import draw_focus_map
 
 
 def __getattr__(name: str) -> Any:
