@@ -124,21 +124,26 @@ def run_prediction(
 
 
 @dataclass(frozen=True)
-class _Loaded:
-    """An image read and prepared for the model, or why it could not be read."""
+class _Image:
+    """An image read and prepared for the model."""
 
     path: Path
-    image: Tensor | None = None
-    prepared: PreparedImage | None = None
-    error: str | None = None
+    pixels: Tensor
+    prepared: PreparedImage
 
 
-def _load(predictor: Predictor, path: Path) -> _Loaded:
+@dataclass(frozen=True)
+class _Unreadable:
+    path: Path
+    error: str
+
+
+def _load(predictor: Predictor, path: Path) -> _Image | _Unreadable:
     try:
-        image = read_image(path)
+        pixels = read_image(path)
     except ImageReadError as error:
-        return _Loaded(path, error=str(error))
-    return _Loaded(path, image, predictor.prepare(image))
+        return _Unreadable(path, str(error))
+    return _Image(path, pixels, predictor.prepare(pixels))
 
 
 def _predict_images(
@@ -158,20 +163,12 @@ def _predict_images(
             )
             readable = _report_unreadable(loaded, run, lines, bar)
             detected = predictor.predict_prepared(readable)
-            for item, found, focus in _with_focus_maps(detected, predictor, options.focus_maps):
+            for image, found, focus in _with_focus_maps(detected, predictor, options.focus_maps):
                 kept = above_threshold(found, options.threshold)
                 records = detection_records(kept, categories)
-                height, width = item.prepared.image_size  # type: ignore[union-attr]
-                lines.write(
-                    {
-                        "file_name": str(item.path),
-                        "height": height,
-                        "width": width,
-                        "detections": records,
-                    }
-                )
-                results.extend({"file_name": str(item.path), **record} for record in records)
-                writer.submit(partial(_save_pictures, item, kept, focus, plan, categories))
+                lines.write(_image_line(image, records))
+                results.extend({"file_name": str(image.path), **record} for record in records)
+                writer.submit(partial(_save_pictures, image, kept, focus, plan, categories))
                 run.num_images += 1
                 run.num_detections += len(records)
                 bar.update()
@@ -179,15 +176,19 @@ def _predict_images(
         atomic_write_bytes(plan.results_path, json.dumps(results, indent=1).encode())
 
 
+def _image_line(image: _Image, records: list[dict[str, object]]) -> dict[str, object]:
+    height, width = image.prepared.image_size
+    return {"file_name": str(image.path), "height": height, "width": width, "detections": records}
+
+
 def _report_unreadable(
-    loaded: Iterable[_Loaded], run: PredictionRun, lines: JsonLines, bar: tqdm
-) -> Iterator[tuple[_Loaded, PreparedImage]]:
+    loaded: Iterable[_Image | _Unreadable], run: PredictionRun, lines: JsonLines, bar: tqdm
+) -> Iterator[tuple[_Image, PreparedImage]]:
     """The images that could be read (with their prepared views); the others are reported."""
     for item in loaded:
-        if item.prepared is not None:
+        if isinstance(item, _Image):
             yield item, item.prepared
             continue
-        assert item.error is not None
         _report_failure(run, item.path, item.error)
         lines.write({"file_name": str(item.path), "error": item.error})
         bar.update()
@@ -199,14 +200,14 @@ def _report_failure(run: PredictionRun, path: Path, message: str) -> None:
 
 
 def _with_focus_maps(
-    detected: Iterable[tuple[_Loaded, dict[str, Tensor]]], predictor: Predictor, enabled: bool
-) -> Iterator[tuple[_Loaded, dict[str, Tensor], FocusMap | None]]:
+    detected: Iterable[tuple[_Image, dict[str, Tensor]]], predictor: Predictor, enabled: bool
+) -> Iterator[tuple[_Image, dict[str, Tensor], FocusMap | None]]:
     """Pass detections through, with the focus maps of the images when ``enabled`` (one more
     raw forward per batch of ``predictor.batch_size`` images)."""
     if not enabled:
         yield from ((item, found, None) for item, found in detected)
         return
-    batch: list[tuple[_Loaded, dict[str, Tensor]]] = []
+    batch: list[tuple[_Image, dict[str, Tensor]]] = []
     for pair in detected:
         batch.append(pair)
         if len(batch) == predictor.batch_size:
@@ -216,11 +217,11 @@ def _with_focus_maps(
 
 
 def _focus_maps_of_batch(
-    batch: list[tuple[_Loaded, dict[str, Tensor]]], predictor: Predictor
-) -> Iterator[tuple[_Loaded, dict[str, Tensor], FocusMap | None]]:
+    batch: list[tuple[_Image, dict[str, Tensor]]], predictor: Predictor
+) -> Iterator[tuple[_Image, dict[str, Tensor], FocusMap | None]]:
     if not batch:
         return
-    prepared = [item.prepared for item, _ in batch if item.prepared is not None]
+    prepared = [image.prepared for image, _ in batch]
     model = cast(torch.nn.Module, predictor.model)
     maps = focus_maps_of_inputs(
         model, [p.views[0] for p in prepared], [p.image_size for p in prepared]
@@ -230,24 +231,23 @@ def _focus_maps_of_batch(
 
 
 def _save_pictures(
-    item: _Loaded,
+    image: _Image,
     detections: dict[str, Tensor],
     focus: FocusMap | None,
     plan: PredictionPlan,
     categories: Categories,
 ) -> None:
-    assert item.image is not None
     drawing = draw_detections(
-        item.image,
+        image.pixels,
         detections["boxes"],
         detections["labels"],
         detections["scores"],
         class_names=categories.names,
     )
-    save_image(drawing, plan.annotated_path(item.path))
+    save_image(drawing, plan.annotated_path(image.path))
     if focus is not None:
-        picture = draw_focus_map(item.image, focus, detections, categories.names)
-        save_image(picture, plan.focus_map_path(item.path))
+        picture = draw_focus_map(image.pixels, focus, detections, categories.names)
+        save_image(picture, plan.focus_map_path(image.path))
 
 
 def _predict_video(
