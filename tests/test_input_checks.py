@@ -11,6 +11,8 @@ import focus_detr
 from focus_detr.structures import ImageBatch
 from tests.helpers import random_image, randomize_, tiny_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def model() -> focus_detr.FocusDETR:

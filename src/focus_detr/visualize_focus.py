@@ -3,7 +3,7 @@
 Six panels on a white sheet, each titled with what it shows and how many tokens:
 
     image (+ detections)    foreground score, best level    foreground score per level | bar
-    updated by layer 1      updated by the last layer       ran the dual attention (any layer)
+    updated by layer 1      updated by the last layer       dual attention, last layer
 
 Scores use a perceptually uniform map (viridis) with a colour bar. Token panels show one small
 picture per feature level (stacking levels would hide the fine tokens under the coarse ones):
@@ -80,7 +80,7 @@ def draw_focus_map(
             photo, boxes, detections["labels"], detections["scores"], class_names
         )
     last = len(focus.updated)
-    dual = _union(focus.dual_attention)
+    dual = focus.dual_attention[-1]
     panels = [
         ("image" + (" and detections" if detections is not None else ""), first),
         (
@@ -97,7 +97,7 @@ def draw_focus_map(
             _per_level(photo, focus, font, focus.updated[-1], _tokens),
         ),
         (
-            _count_title("ran dual attention (any layer)", dual, focus),
+            _count_title(f"dual attention in layer {last} (last)", dual, focus),
             _per_level(photo, focus, font, dual, _tokens),
         ),
     ]
@@ -108,11 +108,6 @@ def _tensor_to_pil(image: Tensor) -> Image.Image:
     if image.dtype.is_floating_point or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be uint8 [3, H, W], got {image.dtype} {tuple(image.shape)}")
     return Image.fromarray(image.detach().cpu().permute(1, 2, 0).contiguous().numpy())
-
-
-def _union(per_layer: Sequence[Sequence[np.ndarray]]) -> tuple[np.ndarray, ...]:
-    levels = range(len(per_layer[0]))
-    return tuple(np.logical_or.reduce([layer[level] for layer in per_layer]) for level in levels)
 
 
 def _count_title(text: str, masks: Sequence[np.ndarray], focus: FocusMap) -> str:
