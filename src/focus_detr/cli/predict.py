@@ -48,7 +48,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="fraction of a tile shared with its neighbour, in [0, 1) (0.2)",
     )
     parser.add_argument(
-        "--vid-stride", type=common.positive_int, default=1, metavar="K", help="every K-th frame"
+        "--vid-stride",
+        type=common.positive_int,
+        default=1,
+        metavar="K",
+        help="process every K-th frame of videos (1)",
     )
     parser.add_argument(
         "--focus-maps",
