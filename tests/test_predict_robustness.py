@@ -154,3 +154,16 @@ def test_predictions_match_the_model(photos, tiny_checkpoint, tmp_path) -> None:
     mine = [r for r in results if Path(r["file_name"]).name == first.name]
     assert len(mine) == int(kept.sum())
     assert torch.allclose(torch.tensor([r["score"] for r in mine]), expected["scores"][kept])
+
+
+def test_ctrl_c_on_the_command_line_says_where_the_results_are(
+    photos, tiny_checkpoint, tmp_path, monkeypatch, capsys
+) -> None:
+    import focus_detr.predict
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(focus_detr.predict, "run_prediction", interrupted)
+    assert main(predict_arguments([photos], tmp_path / "out", tiny_checkpoint)) == 130
+    assert "interrupted: the results so far are in" in capsys.readouterr().err
