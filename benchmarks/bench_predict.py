@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,8 +66,10 @@ def _median_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict
         for name, run in runs.items():
             start = time.perf_counter()
             run()
+            seconds = time.perf_counter() - start
             if round_index > 0:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
+            print(f"round {round_index}: {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
