@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from PIL import Image
 
 import focus_detr
 from focus_detr.data.synthetic import SyntheticPaths
-from tests.helpers import DATA, MANIFESTS, make_synthetic
+from tests.helpers import DATA, MANIFESTS, make_synthetic, write_tiny_checkpoint
 
 
 @pytest.fixture
@@ -25,6 +27,12 @@ def one_thread():
 def synthetic(tmp_path_factory) -> SyntheticPaths:
     """A small synthetic COCO-format dataset (8 training and 6 validation images); read-only."""
     return make_synthetic(tmp_path_factory.mktemp("synthetic") / "data", num_val=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight tiny model saved like ``focus-detr train`` does (8 classes, 64/96)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("weights") / "model_final.pth")
 
 
 @pytest.fixture(scope="session")

@@ -391,3 +391,34 @@ def stub_detections(coco: dict, seed: int = 0) -> list[dict]:
             }
         )
     return results
+
+
+# ---------------------------------------------------------------------------- prediction
+
+
+def write_tiny_checkpoint(path: Path, seed: int = 0, **model: object) -> Path:
+    """A ``focus-detr train``-style checkpoint (config and the 8 synthetic class names) of a
+    random-weight tiny model resizing to 64/96: what ``predict --weights`` reads."""
+    from focus_detr.config import config_to_dict
+    from focus_detr.data.synthetic import CATEGORY_NAMES
+    from focus_detr.engine.checkpointing import save_final_model
+    from focus_detr.models.build import build_model
+
+    settings: dict[str, object] = {"num_classes": 8, "test_min_size": 64, "test_max_size": 96}
+    config = Config(model=tiny_config(**{**settings, **model}))
+    network = randomize_(build_model(config.model), seed)
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CATEGORY_NAMES)]
+    return save_final_model(path, network, config_to_dict(config), categories)
+
+
+def predict_arguments(inputs: list, out: Path, weights: Path, *extra: str) -> list[str]:
+    """``focus-detr predict`` arguments: CPU, every detection (threshold 0), no progress bars."""
+    arguments = ["predict", *map(str, inputs), "--weights", str(weights), "--out", str(out)]
+    return [*arguments, "--device", "cpu", "--threshold", "0", "--no-progress", *extra]
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines file."""
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -32,16 +32,21 @@ _EXPORTS = {
     "evaluate": "focus_detr.engine.evaluator",
     "InitReport": "focus_detr.engine.initialization",
     "initialize_from": "focus_detr.engine.initialization",
+    "FocusMap": "focus_detr.focus_maps",
+    "compute_focus_maps": "focus_detr.focus_maps",
     "train": "focus_detr.engine.trainer",
     "Predictor": "focus_detr.inference",
     "load_model": "focus_detr.inference",
+    "to_supervision": "focus_detr.integrations.supervision",
     "build_model": "focus_detr.models.build",
     "FocusDETR": "focus_detr.models.detector",
     "Preset": "focus_detr.presets",
     "get_preset": "focus_detr.presets",
+    "predict_files": "focus_detr.predict",
     "preset_names": "focus_detr.presets",
     "FocusDETROutput": "focus_detr.structures",
     "ImageBatch": "focus_detr.structures",
+    "draw_focus_map": "focus_detr.visualize_focus",
 }
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "ConfigError",
     "FocusDETR",
     "FocusDETROutput",
+    "FocusMap",
     "ImageBatch",
     "InitReport",
     "LoadReport",
@@ -60,13 +66,17 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "build_model",
+    "compute_focus_maps",
+    "draw_focus_map",
     "evaluate",
     "get_preset",
     "initialize_from",
     "load_checkpoint",
     "load_dataset",
     "load_model",
+    "predict_files",
     "preset_names",
+    "to_supervision",
     "train",
 ]
 
@@ -77,11 +87,15 @@ if TYPE_CHECKING:
     from focus_detr.engine.evaluator import evaluate
     from focus_detr.engine.initialization import InitReport, initialize_from
     from focus_detr.engine.trainer import train
+    from focus_detr.focus_maps import FocusMap, compute_focus_maps
     from focus_detr.inference import Predictor, load_model
+    from focus_detr.integrations.supervision import to_supervision
     from focus_detr.models.build import build_model
     from focus_detr.models.detector import FocusDETR
+    from focus_detr.predict import predict_files
     from focus_detr.presets import Preset, get_preset, preset_names
     from focus_detr.structures import FocusDETROutput, ImageBatch
+    from focus_detr.visualize_focus import draw_focus_map
 
 
 def __getattr__(name: str) -> Any:

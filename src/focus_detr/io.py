@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +26,7 @@ from torch import Tensor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
     "ImageReadError",
     "atomic_save",
     "atomic_write_bytes",
@@ -38,6 +39,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     | {".ppm", ".pgm", ".pbm", ".pnm"}
 )
 """Lower-case suffixes that ``list_image_files`` picks up inside folders."""
+
+VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mkv", ".avi", ".webm", ".mov"})
+"""Lower-case suffixes that ``predict`` reads as videos."""
 
 _EXIF_ORIENTATION_TAG = 0x0112
 # EXIF orientation -> the transpose that makes the image upright, as ImageOps.exif_transpose.
@@ -153,16 +157,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def list_image_files(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def list_image_files(
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    extensions: Collection[str] = IMAGE_EXTENSIONS,
+    exclude: Sequence[str | os.PathLike[str]] = (),
+) -> list[Path]:
     """Expand files and folders into a list of image files.
 
-    Files given explicitly are kept whatever their suffix. Folders are searched recursively for
-    files whose lower-cased suffix is in ``IMAGE_EXTENSIONS``, skipping hidden files and folders
-    (names starting with "."); each folder's files come sorted by path. The result keeps the
-    order of ``inputs`` and lists each file once.
+    Files given explicitly are kept whatever their suffix. Folders are searched recursively,
+    through symbolic links (each real folder once, so link loops end), for files whose
+    lower-cased suffix is in ``extensions``, skipping hidden files and folders (names starting
+    with ".") and the folders in ``exclude`` (e.g. where results go); each folder's files come
+    sorted by path. The result keeps the order of ``inputs`` and lists each file once.
 
     Args:
         inputs: image files and/or folders.
+        extensions: lower-case suffixes to pick up in folders (default: images).
+        exclude: folders not to search.
 
     Returns:
         The image files, as ``Path`` objects.
@@ -176,23 +188,33 @@ def list_image_files(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
         raise FileNotFoundError(f"image path(s) do not exist: {', '.join(missing)}")
+    skipped = {os.path.realpath(folder) for folder in exclude}
     found: list[Path] = []
     for path in paths:
-        found.extend(_images_in_folder(path) if path.is_dir() else [path])
+        if path.is_dir():
+            found.extend(_files_in_folder(path, frozenset(extensions), skipped))
+        else:
+            found.append(path)
     return list(dict.fromkeys(found))
 
 
-def _images_in_folder(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted, hidden entries skipped)."""
-    images: list[Path] = []
-    for root, folder_names, file_names in os.walk(folder):
+def _files_in_folder(folder: Path, extensions: frozenset[str], skipped: set[str]) -> list[Path]:
+    """Files under ``folder`` with one of ``extensions`` (recursive, sorted, hidden skipped)."""
+    files: list[Path] = []
+    visited = set(skipped)
+    for root, folder_names, file_names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:  # a link loop, a folder reached twice, or an excluded folder
+            folder_names[:] = []
+            continue
+        visited.add(real)
         folder_names[:] = [name for name in folder_names if not name.startswith(".")]
-        images.extend(
+        files.extend(
             Path(root) / name
             for name in file_names
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+            if not name.startswith(".") and Path(name).suffix.lower() in extensions
         )
-    return sorted(images)
+    return sorted(files)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

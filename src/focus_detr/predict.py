@@ -1,27 +1,76 @@
-"""``focus-detr predict``: detections for image files, as COCO results and annotated copies."""
+"""``focus-detr predict``: detections for images and videos, written as they come.
+
+Threading (:mod:`focus_detr.pipeline`): worker threads read and resize images (a video is
+decoded and resized by one thread of its own) while the model runs batches in the calling
+thread; a writer thread draws and saves the pictures and encodes the annotated videos. Every
+result is written to a JSON-lines file the moment it is known, so an interruption (Ctrl-C, a
+crash) keeps everything done so far; ``predictions.json`` is written at the end, and also when
+the run is interrupted. The files written are described in :mod:`focus_detr.predict_outputs`.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import partial
 from pathlib import Path
+from typing import cast
 
+import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
-from focus_detr.inference import Categories, Predictor
-from focus_detr.io import ImageReadError, atomic_write_bytes, list_image_files, read_image
+from focus_detr.errors import UsageError
+from focus_detr.focus_maps import FocusMap, focus_maps_of_inputs
+from focus_detr.inference import Categories, Predictor, PreparedImage
+from focus_detr.io import ImageReadError, atomic_write_bytes, read_image
+from focus_detr.pipeline import BackgroundWriter, background_iter, prefetch
+from focus_detr.predict_outputs import (
+    JsonLines,
+    PredictionPlan,
+    above_threshold,
+    detection_records,
+    plan_prediction,
+)
+from focus_detr.video import VideoFrame, VideoReadError, VideoWriter, pyav, read_frames, video_info
 from focus_detr.visualize import draw_detections, save_image
+from focus_detr.visualize_focus import draw_focus_map
 
-_KEEP_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+__all__ = ["PredictOptions", "PredictionRun", "predict_files", "run_prediction"]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How :func:`run_prediction` runs.
+
+    Attributes:
+        threshold: detections scoring at least this are kept.
+        video_stride: process every ``video_stride``-th frame of videos.
+        focus_maps: also draw where the encoder looked (one more forward per image).
+        progress: show progress bars.
+        workers: threads reading images (0: read in the calling thread).
+    """
+
+    threshold: float = 0.3
+    video_stride: int = 1
+    focus_maps: bool = False
+    progress: bool = True
+    workers: int = 2
 
 
 @dataclass
 class PredictionRun:
-    """What :func:`predict_files` did."""
+    """What :func:`run_prediction` did."""
 
     num_images: int = 0
+    num_videos: int = 0
+    num_frames: int = 0
     num_detections: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     results_path: Path | None = None
@@ -30,78 +79,255 @@ class PredictionRun:
 def predict_files(
     predictor: Predictor,
     categories: Categories,
-    inputs: list[str],
-    out_dir: str | Path,
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
     *,
     threshold: float = 0.3,
     progress: bool = True,
+    video_stride: int = 1,
+    focus_maps: bool = False,
+    workers: int = 2,
 ) -> PredictionRun:
-    """Detect objects in every image of ``inputs`` (files or folders).
+    """Detect objects in every image and video of ``inputs`` (files or folders).
 
-    Writes ``out_dir/predictions.json`` (COCO results with ``file_name``, ``category_id``,
-    ``bbox`` [x, y, w, h] and ``score``, for detections with ``score >= threshold``) and an
-    annotated copy of each image under ``out_dir/annotated/``. A file that cannot be read is
-    reported and skipped; the others are processed.
+    Writes under ``out_dir`` (see :mod:`focus_detr.predict_outputs`): ``predictions.jsonl``
+    (one line per image, as it is done), ``predictions.json`` (COCO results with
+    ``file_name``, ``bbox`` [x, y, w, h], ``score``, ``category_id``, ``category_name``), an
+    annotated copy of each image and video, per-frame detections of each video, and focus maps
+    when asked. Detections scoring at least ``threshold`` are kept. A file that cannot be read
+    is reported and skipped; the others are processed. The output folder is checked before
+    any work (:func:`~focus_detr.predict_outputs.plan_prediction`).
     """
-    out_dir = Path(out_dir)
-    files = list_image_files(inputs)
-    annotated_dir = out_dir / "annotated"
-    names = _output_names(files)
-    run = PredictionRun()
-    results: list[dict[str, object]] = []
-    for path in tqdm(files, desc="predict", unit="image", disable=not progress):
+    plan = plan_prediction(inputs, out_dir, focus_maps=focus_maps)
+    options = PredictOptions(threshold, video_stride, focus_maps, progress, workers)
+    return run_prediction(predictor, categories, plan, options)
+
+
+def run_prediction(
+    predictor: Predictor, categories: Categories, plan: PredictionPlan, options: PredictOptions
+) -> PredictionRun:
+    """Process a planned run: the images, then the videos."""
+    if options.video_stride < 1:
+        raise UsageError(f"the video stride must be >= 1, got {options.video_stride}")
+    if plan.videos:
         try:
-            image = read_image(path)
-        except ImageReadError as error:
-            run.failed[str(path)] = str(error)
-            tqdm.write(f"error: skipped {path}: {error}", file=sys.stderr)
-            continue
-        detections = predictor([image])[0]
-        keep = detections["scores"] >= threshold
-        boxes, scores, labels = (detections[k][keep] for k in ("boxes", "scores", "labels"))
-        results.extend(_coco_results(str(path), boxes, scores, labels, categories))
-        drawing = draw_detections(image, boxes, labels, scores, class_names=categories.names)
-        save_image(drawing, annotated_dir / names[path])
-        run.num_images += 1
-        run.num_detections += int(keep.sum())
-    run.results_path = out_dir / "predictions.json"
-    atomic_write_bytes(run.results_path, json.dumps(results, indent=1).encode())
+            pyav()
+        except ImportError as error:
+            raise UsageError(f"{len(plan.videos)} video(s) to read, but {error}") from None
+    if options.focus_maps and not hasattr(predictor.model, "parameters"):
+        raise UsageError("focus maps need the PyTorch model (its raw outputs)")
+    run = PredictionRun(results_path=plan.results_path)
+    _predict_images(predictor, categories, plan, options, run)
+    for video in plan.videos:
+        _predict_video(predictor, categories, video, plan, options, run)
     return run
 
 
-def _coco_results(
-    file_name: str,
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
+@dataclass(frozen=True)
+class _Image:
+    """An image read and prepared for the model."""
+
+    path: Path
+    pixels: Tensor
+    prepared: PreparedImage
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    path: Path
+    error: str
+
+
+def _load(predictor: Predictor, path: Path) -> _Image | _Unreadable:
+    try:
+        pixels = read_image(path)
+    except ImageReadError as error:
+        return _Unreadable(path, str(error))
+    return _Image(path, pixels, predictor.prepare(pixels))
+
+
+def _predict_images(
+    predictor: Predictor,
     categories: Categories,
-) -> list[dict[str, object]]:
-    results = []
-    for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-        x1, y1, x2, y2 = box
-        results.append(
-            {
-                "file_name": file_name,
-                "category_id": categories.ids[label],
-                "category_name": categories.names[label],
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": score,
-            }
+    plan: PredictionPlan,
+    options: PredictOptions,
+    run: PredictionRun,
+) -> None:
+    results: list[dict[str, object]] = []
+    bar = tqdm(total=len(plan.images), desc="images", unit="image", disable=not options.progress)
+    try:
+        with JsonLines(plan.lines_path) as lines, BackgroundWriter() as writer, bar:
+            ahead = predictor.batch_size + 2 * options.workers
+            loaded = prefetch(
+                plan.images, partial(_load, predictor), workers=options.workers, ahead=ahead
+            )
+            readable = _report_unreadable(loaded, run, lines, bar)
+            detected = predictor.predict_prepared(readable)
+            for image, found, focus in _with_focus_maps(detected, predictor, options.focus_maps):
+                kept = above_threshold(found, options.threshold)
+                records = detection_records(kept, categories)
+                lines.write(_image_line(image, records))
+                results.extend({"file_name": str(image.path), **record} for record in records)
+                writer.submit(partial(_save_pictures, image, kept, focus, plan, categories))
+                run.num_images += 1
+                run.num_detections += len(records)
+                bar.update()
+    finally:  # also on Ctrl-C: the COCO file holds every image done
+        atomic_write_bytes(plan.results_path, json.dumps(results, indent=1).encode())
+
+
+def _image_line(image: _Image, records: list[dict[str, object]]) -> dict[str, object]:
+    height, width = image.prepared.image_size
+    return {"file_name": str(image.path), "height": height, "width": width, "detections": records}
+
+
+def _report_unreadable(
+    loaded: Iterable[_Image | _Unreadable], run: PredictionRun, lines: JsonLines, bar: tqdm
+) -> Iterator[tuple[_Image, PreparedImage]]:
+    """The images that could be read (with their prepared views); the others are reported."""
+    for item in loaded:
+        if isinstance(item, _Image):
+            yield item, item.prepared
+            continue
+        _report_failure(run, item.path, item.error)
+        lines.write({"file_name": str(item.path), "error": item.error})
+        bar.update()
+
+
+def _report_failure(run: PredictionRun, path: Path, message: str) -> None:
+    run.failed[str(path)] = message
+    tqdm.write(f"error: skipped {path}: {message}", file=sys.stderr)
+
+
+def _with_focus_maps(
+    detected: Iterable[tuple[_Image, dict[str, Tensor]]], predictor: Predictor, enabled: bool
+) -> Iterator[tuple[_Image, dict[str, Tensor], FocusMap | None]]:
+    """Pass detections through, with the focus maps of the images when ``enabled`` (one more
+    raw forward per batch of ``predictor.batch_size`` images)."""
+    if not enabled:
+        yield from ((item, found, None) for item, found in detected)
+        return
+    batch: list[tuple[_Image, dict[str, Tensor]]] = []
+    for pair in detected:
+        batch.append(pair)
+        if len(batch) == predictor.batch_size:
+            yield from _focus_maps_of_batch(batch, predictor)
+            batch = []
+    yield from _focus_maps_of_batch(batch, predictor)
+
+
+def _focus_maps_of_batch(
+    batch: list[tuple[_Image, dict[str, Tensor]]], predictor: Predictor
+) -> Iterator[tuple[_Image, dict[str, Tensor], FocusMap | None]]:
+    if not batch:
+        return
+    prepared = [image.prepared for image, _ in batch]
+    model = cast(torch.nn.Module, predictor.model)
+    maps = focus_maps_of_inputs(
+        model, [p.views[0] for p in prepared], [p.image_size for p in prepared]
+    )
+    for (item, found), focus in zip(batch, maps):
+        yield item, found, focus
+
+
+def _save_pictures(
+    image: _Image,
+    detections: dict[str, Tensor],
+    focus: FocusMap | None,
+    plan: PredictionPlan,
+    categories: Categories,
+) -> None:
+    drawing = draw_detections(
+        image.pixels,
+        detections["boxes"],
+        detections["labels"],
+        detections["scores"],
+        class_names=categories.names,
+    )
+    save_image(drawing, plan.annotated_path(image.path))
+    if focus is not None:
+        picture = draw_focus_map(image.pixels, focus, detections, categories.names)
+        save_image(picture, plan.focus_map_path(image.path))
+
+
+def _predict_video(
+    predictor: Predictor,
+    categories: Categories,
+    video: Path,
+    plan: PredictionPlan,
+    options: PredictOptions,
+    run: PredictionRun,
+) -> None:
+    try:
+        info = video_info(video)
+    except VideoReadError as error:
+        _report_failure(run, video, str(error))
+        return
+    stride = options.video_stride
+    total = math.ceil(info.num_frames / stride) if info.num_frames else None
+    bar = tqdm(total=total, desc=video.name, unit="frame", disable=not options.progress)
+    encoder = _LazyVideoWriter(plan.annotated_path(video), info.frame_rate / stride)
+    frames = background_iter(
+        _prepared_frames(predictor, video, stride), ahead=2 * predictor.batch_size + 2
+    )
+    try:
+        with (
+            JsonLines(plan.frames_path(video)) as lines,
+            encoder,
+            BackgroundWriter() as writer,
+            bar,
+        ):
+            for frame, found in predictor.predict_prepared(frames):
+                kept = above_threshold(found, options.threshold)
+                records = detection_records(kept, categories)
+                lines.write(
+                    {"frame": frame.index, "time": round(frame.time, 6), "detections": records}
+                )
+                writer.submit(partial(encoder.write, frame, kept, categories))
+                run.num_frames += 1
+                run.num_detections += len(records)
+                bar.update()
+    except VideoReadError as error:  # the frames before the failure are kept
+        _report_failure(run, video, f"{error} (after {bar.n} frames)")
+        return
+    run.num_videos += 1
+
+
+def _prepared_frames(
+    predictor: Predictor, video: Path, stride: int
+) -> Iterator[tuple[VideoFrame, PreparedImage]]:
+    for frame in read_frames(video, stride=stride):
+        yield frame, predictor.prepare(frame.pixels)
+
+
+class _LazyVideoWriter:
+    """Draws detections on frames and encodes them; the file is opened at the first frame
+    (its size is the decoded frames' size), and finished on exit."""
+
+    def __init__(self, path: Path, frame_rate: Fraction) -> None:
+        self.path, self.frame_rate = path, frame_rate
+        self._writer: VideoWriter | None = None
+
+    def write(
+        self, frame: VideoFrame, detections: dict[str, Tensor], categories: Categories
+    ) -> None:
+        drawing = draw_detections(
+            frame.pixels,
+            detections["boxes"],
+            detections["labels"],
+            detections["scores"],
+            class_names=categories.names,
         )
-    return results
+        if self._writer is None:
+            height, width = int(frame.pixels.shape[1]), int(frame.pixels.shape[2])
+            self._writer = VideoWriter(
+                self.path, frame_rate=self.frame_rate, height=height, width=width
+            )
+        self._writer.write(np.asarray(drawing))
 
+    def __enter__(self) -> _LazyVideoWriter:
+        return self
 
-def _output_names(files: list[Path]) -> dict[Path, str]:
-    """A unique file name per input for its annotated copy (same suffix when common)."""
-    names: dict[Path, str] = {}
-    used: set[str] = set()
-    for path in files:
-        suffix = path.suffix.lower() if path.suffix.lower() in _KEEP_SUFFIXES else ".png"
-        candidate = f"{path.stem}{suffix}"
-        counter = 1
-        while candidate in used:
-            candidate = f"{path.stem}_{counter}{suffix}"
-            counter += 1
-        used.add(candidate)
-        names[path] = candidate
-    return names
+    def __exit__(self, *exc_info: object) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 # Re-exported: the commands raise it for bad usage; ``main`` prints it as one line.
 from focus_detr.errors import UsageError
@@ -15,12 +16,15 @@ __all__ = [
     "add_device",
     "add_model_source",
     "add_test_resize",
+    "check_weights_file",
     "default_device",
     "image_size",
     "keep_ratio",
     "positive_int",
     "probability",
 ]
+
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".zip", ".safetensors", ".bin", ".ckpt")
 
 
 def default_device() -> str:
@@ -82,6 +86,17 @@ def image_size(text: str) -> tuple[int, int]:
     if height < 1 or width < 1:
         raise argparse.ArgumentTypeError(f"both sides must be positive, got {text!r}")
     return height, width
+
+
+def check_weights_file(weights: str) -> None:
+    """Refuse a ``--weights`` folder (it would fail deep inside loading), naming the
+    checkpoints it holds."""
+    folder = Path(weights).expanduser()
+    if "://" in weights or not folder.is_dir():
+        return
+    found = sorted(p.name for p in folder.iterdir() if p.suffix in _CHECKPOINT_SUFFIXES)
+    holds = f"it holds {', '.join(found)}" if found else "it holds no checkpoint file"
+    raise UsageError(f"--weights {weights} is a folder; give a checkpoint file ({holds})")
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -235,7 +236,10 @@ class FocusDETR(nn.Module):
 
     def _as_batch(self, images: ImagesInput) -> ImageBatch:
         if isinstance(images, ImageBatch):
-            return images.to(self.device)
+            batch = images.to(self.device)
+            if batch.pixels.is_floating_point():
+                _check_float_pixels(batch.pixels)
+            return batch
         if isinstance(images, Tensor):
             if images.dim() == 3:
                 images = [images]
@@ -262,7 +266,7 @@ class FocusDETR(nn.Module):
                 )
         if all(image.dtype == torch.uint8 for image in images):
             return ImageBatch.from_images([image.to(self.device) for image in images])
-        return ImageBatch.from_images(
+        batch = ImageBatch.from_images(
             [
                 image.to(self.device, self.dtype) / 255.0
                 if image.dtype == torch.uint8
@@ -270,6 +274,8 @@ class FocusDETR(nn.Module):
                 for image in images
             ]
         )
+        _check_float_pixels(batch.pixels)
+        return batch
 
     def _normalise(self, batch: ImageBatch) -> tuple[Tensor, Tensor]:
         """(pixels - mean) / std on the 0-255 scale, zero on padding."""
@@ -389,3 +395,24 @@ class FocusDETR(nn.Module):
             label_noise_ratio=config.label_noise_ratio,
             box_noise_scale=config.box_noise_scale,
         )
+
+
+def _check_float_pixels(pixels: Tensor) -> None:
+    """Refuse NaN/inf pixels and warn about float images outside [0, 1] (``pixels`` [B, 3, H, W]).
+
+    Both would otherwise pass silently: NaN gives no detections, 0-255 floats are scaled by
+    255 a second time. One min/max reduction and one device sync per batch (the zero padding
+    lies inside [0, 1] and changes neither check).
+    """
+    low, high = pixels.flatten(1).aminmax(dim=1)
+    for index, (image_low, image_high) in enumerate(zip(low.tolist(), high.tolist())):
+        if not (math.isfinite(image_low) and math.isfinite(image_high)):  # NaN propagates
+            raise ValueError(f"image {index} has NaN or infinite pixel values")
+        if image_low < 0.0 or image_high > 1.0:
+            warnings.warn(
+                f"image {index} is floating point with values in [{image_low:.3g}, "
+                f"{image_high:.3g}]: float images must be in [0, 1] (pass uint8 for 0-255, or "
+                "divide by 255)",
+                UserWarning,
+                stacklevel=2,
+            )
