@@ -401,14 +401,14 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, **model: object) -> Path:
     random-weight tiny model resizing to 64/96: what ``predict --weights`` reads."""
     from focus_detr.config import config_to_dict
     from focus_detr.data.synthetic import CATEGORY_NAMES
-    from focus_detr.engine.checkpointing import save_final_model
+    from focus_detr.engine.checkpointing import save_model
     from focus_detr.models.build import build_model
 
     settings: dict[str, object] = {"num_classes": 8, "test_min_size": 64, "test_max_size": 96}
     config = Config(model=tiny_config(**{**settings, **model}))
     network = randomize_(build_model(config.model), seed)
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(CATEGORY_NAMES)]
-    return save_final_model(path, network, config_to_dict(config), categories)
+    return save_model(path, network.state_dict(), config_to_dict(config), categories)
 
 
 def predict_arguments(inputs: list, out: Path, weights: Path, *extra: str) -> list[str]:
