@@ -30,6 +30,7 @@ _EXPORTS = {
     "TrainConfig": "focus_detr.config",
     "evaluate": "focus_detr.engine.evaluator",
     "train": "focus_detr.engine.trainer",
+    "export_onnx": "focus_detr.deploy.onnx_export",
     "Predictor": "focus_detr.inference",
     "load_model": "focus_detr.inference",
     "build_model": "focus_detr.models.build",
@@ -57,6 +58,7 @@ __all__ = [
     "__version__",
     "build_model",
     "evaluate",
+    "export_onnx",
     "get_preset",
     "load_checkpoint",
     "load_model",
@@ -67,6 +69,7 @@ __all__ = [
 if TYPE_CHECKING:
     from focus_detr.checkpoint import CheckpointError, LoadReport, load_checkpoint
     from focus_detr.config import Config, ConfigError, LossConfig, ModelConfig, TrainConfig
+    from focus_detr.deploy.onnx_export import export_onnx
     from focus_detr.engine.evaluator import evaluate
     from focus_detr.engine.trainer import train
     from focus_detr.inference import Predictor, load_model
