@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from focus_detr.cli import benchmark, evaluate, parity, predict, presets, train
-from focus_detr.errors import UsageError
+from focus_detr.cli import benchmark, evaluate, export, parity, predict, presets, train
+from focus_detr.errors import MissingDependencyError, UsageError
 
-_COMMANDS = (presets, predict, parity, benchmark, train, evaluate)
+_COMMANDS = (presets, predict, parity, benchmark, train, evaluate, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DatasetError,
         ImageReadError,
         FileNotFoundError,
+        MissingDependencyError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
