@@ -286,11 +286,9 @@ class FocusEncoder(nn.Module):
     ) -> tuple[Tensor, _LayerSelection]:
         """Gather the tokens of ``token_ids``, update them with ``layer``, write them back."""
         batch, width = token_ids.shape
-        dim = memory.shape[-1]
-        index = token_ids[..., None].expand(batch, width, dim)
-        tokens = memory.gather(1, index)
-        positions = inputs.positions.gather(1, index)
-        references = inputs.references.gather(1, token_ids[..., None].expand(batch, width, 2))
+        tokens = gather_tokens(memory, token_ids)
+        positions = gather_tokens(inputs.positions, token_ids)
+        references = gather_tokens(inputs.references, token_ids)
         foreground = foreground_logits.gather(1, token_ids)
         category_scores = class_head(tokens).max(dim=-1).values * foreground
         updated, slots, dual_counts = layer(
@@ -300,8 +298,25 @@ class FocusEncoder(nn.Module):
         if is_exporting() or not bool(active.all()):
             # filler slots write their token's old value back: a no-op
             updated = torch.where(active[..., None], updated, tokens)
-        if torch.is_grad_enabled():
+        if is_exporting():  # rows written at once (ONNX ScatterND), not element by element
+            rows = torch.arange(batch, device=memory.device)[:, None]
+            memory = memory.index_put((rows, token_ids), updated)
+        elif torch.is_grad_enabled():
+            index = token_ids[..., None].expand_as(updated)
             memory = memory.scatter(1, index, updated)  # autograd needs the old memory
         else:
+            index = token_ids[..., None].expand_as(updated)
             memory.scatter_(1, index, updated)  # owned by the encoder (copied once)
         return memory, _LayerSelection(category_scores, slots, dual_counts)
+
+
+def gather_tokens(values: Tensor, token_ids: Tensor) -> Tensor:
+    """``[B, N, C]`` values of the ``[B, K]`` tokens ``token_ids`` -> ``[B, K, C]``.
+
+    Under export one row gather (ONNX ``GatherND``) instead of the element-wise
+    ``GatherElements`` of ``torch.gather``, whose index is ``C`` times larger; same values.
+    """
+    if is_exporting():
+        rows = torch.arange(values.shape[0], device=values.device)[:, None]
+        return values[rows, token_ids]
+    return values.gather(1, token_ids[..., None].expand(-1, -1, values.shape[-1]))

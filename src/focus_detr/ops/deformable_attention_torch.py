@@ -161,35 +161,35 @@ def deformable_attention_grid_sample(
     """Reference implementation: one ``F.grid_sample`` per level (as in Deformable DETR).
 
     ``level_shapes``: the values of ``spatial_shapes`` as Python ints (symbols under export);
-    read from ``spatial_shapes`` when not given.
+    read from ``spatial_shapes`` when not given. Levels are weighted and summed one at a time
+    (no stacked copy of every level's samples).
     """
     batch, _, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     if level_shapes is None:
         level_shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    value_per_level = value.split([height * width for height, width in level_shapes], dim=1)
     grids = 2 * sampling_locations - 1
-    sampled = []
+    # [batch, queries, heads, levels, points] -> [batch * heads, 1, queries, levels, points]
+    weights = attention_weights.transpose(1, 2).reshape(
+        batch * num_heads, 1, num_queries, num_levels, num_points
+    )
+    out = value.new_zeros(batch * num_heads, head_dim, num_queries)
+    start = 0
     for level, (height, width) in enumerate(level_shapes):
         # [batch, h*w, heads, dim] -> [batch * heads, dim, h, w]
         level_value = (
-            value_per_level[level]
+            value[:, start : start + height * width]
             .flatten(2)
             .transpose(1, 2)
             .reshape(batch * num_heads, head_dim, height, width)
         )
+        start = start + height * width
         # [batch, queries, heads, points, 2] -> [batch * heads, queries, points, 2]
         level_grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled.append(
-            F.grid_sample(
-                level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False
-            )
-        )
-    # [batch, queries, heads, levels, points] -> [batch * heads, 1, queries, levels * points]
-    weights = attention_weights.transpose(1, 2).reshape(
-        batch * num_heads, 1, num_queries, num_levels * num_points
-    )
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
+        sampled = F.grid_sample(
+            level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # [batch * heads, dim, queries, points]
+        out = out + (sampled * weights[:, :, :, level]).sum(-1)
     return out.view(batch, num_heads * head_dim, num_queries).transpose(1, 2).contiguous()
 
 
