@@ -7,6 +7,7 @@ import torch
 
 from focus_detr.ops.deformable_attention_dispatch import multi_scale_deformable_attention
 from focus_detr.ops.deformable_attention_torch import (
+    deformable_attention_corner_gather,
     deformable_attention_gather,
     deformable_attention_grid_sample,
 )
@@ -21,6 +22,8 @@ def _outputs_and_grads(inputs: dict[str, torch.Tensor], implementation: str) -> 
     args = {**inputs, **leaves}
     if implementation == "gather":
         output = deformable_attention_gather(*(args[key] for key in _KEYS))
+    elif implementation == "corner_gather":
+        output = deformable_attention_corner_gather(*(args[key] for key in _KEYS))
     else:
         output = deformable_attention_grid_sample(
             args["value"], args["spatial_shapes"], args["sampling_locations"],
@@ -51,7 +54,7 @@ def test_dispatcher_backends_agree_and_float64_never_reaches_triton() -> None:
     inputs = deformable_attention_inputs([(3, 4), (1, 2)], 1, 4, 2, 4, 2, dtype=torch.float64)
     args = [inputs[key] for key in _KEYS]
     reference = deformable_attention_gather(*args)
-    for backend in ("auto", "gather", "grid_sample", "triton"):  # triton: float64 -> gather
+    for backend in ("auto", "gather", "grid_sample", "corner_gather", "triton"):  # triton -> gather
         torch.testing.assert_close(
             multi_scale_deformable_attention(*args, backend=backend),
             reference,
@@ -65,3 +68,14 @@ def test_dispatcher_backends_agree_and_float64_never_reaches_triton() -> None:
 def test_no_queries_gives_an_empty_result() -> None:
     inputs = deformable_attention_inputs([(2, 2)], 1, 0, 2, 4, 2)
     assert deformable_attention_gather(*(inputs[key] for key in _KEYS)).shape == (1, 0, 8)
+
+
+@pytest.mark.parametrize("levels", [[(3, 5), (1, 1), (4, 2)], [(13, 21), (7, 11), (4, 6), (2, 3)]])
+def test_corner_gather_equals_grid_sample_in_values_and_gradients(levels) -> None:
+    """The export-only backend (standard ONNX ops) computes the same function."""
+    inputs = deformable_attention_inputs(levels, 2, 11, 3, 5, 3, seed=5, dtype=torch.float64)
+    corner_gather = _outputs_and_grads(inputs, "corner_gather")
+    grid_sample = _outputs_and_grads(inputs, "grid_sample")
+    for key, expected in grid_sample.items():
+        torch.testing.assert_close(corner_gather[key], expected, rtol=1e-12, atol=1e-12, msg=key)
+    assert corner_gather["output"].abs().max() > 0.1

@@ -35,6 +35,7 @@ _EXPORTS = {
     "FocusMap": "focus_detr.focus_maps",
     "compute_focus_maps": "focus_detr.focus_maps",
     "train": "focus_detr.engine.trainer",
+    "export_onnx": "focus_detr.deploy.onnx_export",
     "Predictor": "focus_detr.inference",
     "load_model": "focus_detr.inference",
     "to_supervision": "focus_detr.integrations.supervision",
@@ -69,6 +70,7 @@ __all__ = [
     "compute_focus_maps",
     "draw_focus_map",
     "evaluate",
+    "export_onnx",
     "get_preset",
     "initialize_from",
     "load_checkpoint",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:
     from focus_detr.checkpoint import CheckpointError, LoadReport, load_checkpoint
     from focus_detr.config import Config, ConfigError, LossConfig, ModelConfig, TrainConfig
     from focus_detr.data.discovery import load_dataset
+    from focus_detr.deploy.onnx_export import export_onnx
     from focus_detr.engine.evaluator import evaluate
     from focus_detr.engine.initialization import InitReport, initialize_from
     from focus_detr.engine.trainer import train

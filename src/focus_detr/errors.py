@@ -13,3 +13,7 @@ class UsageError(Exception):
 
 class DatasetError(ValueError):
     """A dataset file or entry cannot be used; the message names the file and the entry."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

@@ -7,7 +7,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -67,7 +67,13 @@ def load_model(
     The configuration (architecture, preprocessing, test resize) comes from ``preset`` or, for
     checkpoints written by this package, from the checkpoint itself. detrex releases need
     ``preset`` (their files do not record e.g. the position-embedding settings).
+
+    A ``.onnx`` file (``focus-detr export``) gives an ONNX Runtime detector that works like
+    the model for :class:`Predictor` and :func:`~focus_detr.evaluate` (see
+    :class:`~focus_detr.deploy.onnx_runtime.OnnxRuntimeDetector`).
     """
+    if isinstance(weights, (str, os.PathLike)) and str(weights).lower().endswith(".onnx"):
+        return _load_onnx(weights, preset, device, keep_ratio, overrides)
     checkpoint = read_checkpoint(weights) if weights is not None else None
     config = _model_config(checkpoint, preset)
     if overrides:
@@ -82,6 +88,32 @@ def load_model(
         checkpoint.metadata.get("categories") if checkpoint else None, config.num_classes
     )
     return model, categories
+
+
+def _load_onnx(
+    path: str | os.PathLike[str],
+    preset: str | None,
+    device: torch.device | str,
+    keep_ratio: float | None,
+    overrides: Mapping[str, object],
+) -> tuple[FocusDETR, Categories]:
+    """The ONNX Runtime detector of an exported graph, whose settings are fixed."""
+    from focus_detr.deploy.onnx_runtime import OnnxModelError, OnnxRuntimeDetector
+
+    detector = OnnxRuntimeDetector.open(path, device=device)
+    recorded = detector.metadata.preset
+    if preset is not None and recorded and preset != recorded:
+        raise OnnxModelError(f"{path} was exported from preset {recorded}, not {preset}")
+    if keep_ratio is not None and keep_ratio != detector.keep_ratio:
+        raise OnnxModelError(
+            f"{path} computes keep ratio {detector.keep_ratio:g} (fixed at export); export "
+            f"again with --keep-ratio {keep_ratio:g}"
+        )
+    if overrides:
+        raise OnnxModelError(f"{path} cannot change its settings {sorted(overrides)}")
+    categories = Categories.from_metadata(detector.metadata.categories, detector.config.num_classes)
+    # a stand-in with the interface that Predictor and evaluate() use (see its docstring)
+    return cast("FocusDETR", detector), categories
 
 
 def _model_config(checkpoint, preset: str | None) -> ModelConfig:

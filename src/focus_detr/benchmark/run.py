@@ -3,7 +3,8 @@
 For each variant (the preset's keep ratio, any extra ``--keep-ratio``, and the dense baseline
 ``keep_ratio=1`` with a cascade of ones) it reports FLOPs by stage, end-to-end latency (median
 and quartiles after warm-up), latency by stage, peak memory and, optionally, the time and
-memory of a training step.
+memory of a training step. With the ``onnxruntime`` backend the Focus variants are also
+exported to ONNX and timed with ONNX Runtime (export time and file size reported).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from focus_detr.benchmark.flops import count_operations
+from focus_detr.benchmark.onnx_runtime import OnnxRuntimeTiming, measure_onnx_runtime
 from focus_detr.benchmark.timing import Latency, measure_latency, peak_memory, stage_latency
 from focus_detr.config import LossConfig
 from focus_detr.losses import build_criterion, prepare_targets
@@ -25,6 +27,7 @@ from focus_detr.models.detector import FocusDETR
 from focus_detr.profiling import STAGES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class BenchmarkSettings:
     train_step: bool = False
     weights: str | None = None
     count_flops: bool = True
+    backends: tuple[str, ...] = ("torch",)
 
 
 @dataclass
@@ -57,10 +61,12 @@ class VariantResult:
     peak_memory_mb: float | None = None
     train_step_s: list[float] = field(default_factory=list)
     train_peak_memory_mb: float | None = None
+    onnxruntime: OnnxRuntimeTiming | None = None
 
     @property
     def median_s(self) -> float:
-        return Latency(self.latency_s).median
+        """Median PyTorch latency (NaN when PyTorch was not timed)."""
+        return Latency(self.latency_s).median if self.latency_s else float("nan")
 
 
 @dataclass
@@ -158,6 +164,14 @@ def _measure_variant(
         cascade=tuple(model.cascade),
         tokens_per_layer=[int(c) for c in raw.encoder.token_counts[0].tolist()],
     )
+    if "onnxruntime" in settings.backends and not name.startswith("dense"):
+        if dtype != torch.float32:
+            raise ValueError("the onnxruntime backend is timed in float32 only")
+        result.onnxruntime = measure_onnx_runtime(
+            model, images, device=device, warmup=settings.warmup, runs=settings.runs
+        )
+    if "torch" not in settings.backends:
+        return result
     if settings.count_flops:
         # under inference_mode the dispatch-level counter sees nothing: count under no_grad
         def counted_forward() -> object:
@@ -242,6 +256,18 @@ def format_report(report: BenchmarkReport) -> str:
         lines.append(f"{label:28s}" + "".join(f"{value:>{width}s}" for value in values))
 
     row("tokens updated per layer", [str(sum(v.tokens_per_layer)) for v in variants])
+    if "torch" in settings.backends:
+        _torch_rows(variants, settings, row)
+    if any(v.onnxruntime for v in variants):
+        _onnx_runtime_rows(variants, settings, row)
+    lines.append("")
+    lines += _summary(variants)
+    return "\n".join(lines)
+
+
+def _torch_rows(
+    variants: list[VariantResult], settings: BenchmarkSettings, row: Callable[..., None]
+) -> None:
     if variants[0].gflops:
         for stage_name in STAGES:
             row(f"GFLOPs {stage_name}", [f"{v.gflops.get(stage_name, 0.0):.2f}" for v in variants])
@@ -260,21 +286,57 @@ def format_report(report: BenchmarkReport) -> str:
             [f"{1e3 * Latency(v.train_step_s).median:.0f}" for v in variants],
         )
         row("train peak memory (MB)", [_memory(v.train_peak_memory_mb) for v in variants])
+
+
+def _onnx_runtime_rows(
+    variants: list[VariantResult], settings: BenchmarkSettings, row: Callable[..., None]
+) -> None:
+    timings = [v.onnxruntime for v in variants]
+    row(
+        "onnxruntime ms (median)",
+        [_or_dash(t, lambda t: f"{1e3 * _median(t):.1f}") for t in timings],
+    )
+    row("onnxruntime ms (IQR)", [_or_dash(t, lambda t: _spread(t.latency_s)) for t in timings])
+    row(
+        "onnxruntime images / s",
+        [_or_dash(t, lambda t: f"{settings.batch_size / _median(t):.2f}") for t in timings],
+    )
+    row("onnxruntime export s", [_or_dash(t, lambda t: f"{t.export_s:.0f}") for t in timings])
+    row("onnxruntime file MiB", [_or_dash(t, lambda t: f"{t.file_mb:.1f}") for t in timings])
+
+
+def _summary(variants: list[VariantResult]) -> list[str]:
+    """One line per Focus variant: against the dense baseline, and ONNX Runtime / PyTorch."""
     dense = variants[-1]
-    lines.append("")
+    lines = []
     for variant in variants[:-1]:
         parts = []
         if dense.gflops:
             flops = variant.gflops.get("encoder", 0.0) / max(dense.gflops["encoder"], 1e-12)
             parts.append(f"encoder FLOPs x{flops:.3f}")
-        time_ratio = variant.stage_s.get("encoder", 0.0) / max(dense.stage_s["encoder"], 1e-12)
-        parts.append(f"encoder time x{time_ratio:.3f}")
-        parts.append(f"end-to-end time x{variant.median_s / dense.median_s:.3f}")
+        if dense.latency_s:
+            encoder_ratio = variant.stage_s.get("encoder", 0.0) / max(
+                dense.stage_s["encoder"], 1e-12
+            )
+            parts.append(f"encoder time x{encoder_ratio:.3f}")
+            parts.append(f"end-to-end time x{variant.median_s / dense.median_s:.3f}")
         if variant.train_step_s and dense.train_step_s:
             train_ratio = Latency(variant.train_step_s).median / Latency(dense.train_step_s).median
             parts.append(f"training step x{train_ratio:.3f}")
-        lines.append(f"{variant.name} vs dense: " + ", ".join(parts))
-    return "\n".join(lines)
+        if parts:
+            lines.append(f"{variant.name} vs dense: " + ", ".join(parts))
+        if variant.onnxruntime and variant.latency_s:
+            ratio = _median(variant.onnxruntime) / variant.median_s
+            lines.append(f"{variant.name}: onnxruntime time / torch time x{ratio:.3f}")
+    return lines
+
+
+def _median(timing: OnnxRuntimeTiming) -> float:
+    return Latency(timing.latency_s).median
+
+
+def _or_dash(timing: OnnxRuntimeTiming | None, show: Callable[[OnnxRuntimeTiming], str]) -> str:
+    return "-" if timing is None else show(timing)
 
 
 def _spread(runs: list[float]) -> str:

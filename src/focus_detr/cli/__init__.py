@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from focus_detr.cli import benchmark, convert, evaluate, parity, predict, presets, train
-from focus_detr.errors import UsageError
+from focus_detr.cli import benchmark, convert, evaluate, export, parity, predict, presets, train
+from focus_detr.errors import MissingDependencyError, UsageError
 
-_COMMANDS = (presets, predict, parity, benchmark, train, evaluate, convert)
+_COMMANDS = (presets, predict, parity, benchmark, train, evaluate, convert, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ImageReadError,
         FileNotFoundError,
         FileExistsError,
+        MissingDependencyError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -39,6 +39,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads", type=common.positive_int, help="CPU threads (default: torch's)"
     )
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        choices=["torch", "onnxruntime"],
+        default=["torch"],
+        help="what to time: torch (default), onnxruntime (exports the Focus variants to a "
+        "temporary ONNX file first), or both",
+    )
     parser.add_argument("--weights", help="optional checkpoint (random weights otherwise)")
     parser.add_argument("--train-step", action="store_true", help="also time a training step")
     parser.add_argument("--no-flops", action="store_true", help="skip operation counting")
@@ -69,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         train_step=args.train_step,
         weights=args.weights,
         count_flops=not args.no_flops,
+        backends=tuple(dict.fromkeys(args.backend)),
     )
     report = run_benchmark(settings)
     print(format_report(report))

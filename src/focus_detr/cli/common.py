@@ -106,7 +106,9 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 def add_model_source(parser: argparse.ArgumentParser, *, keep_ratio_help: str) -> None:
     """``--weights`` / ``--preset`` / ``--keep-ratio``: which model, and its token budget."""
-    parser.add_argument("--weights", required=True, help="checkpoint: path, .zip or URL")
+    parser.add_argument(
+        "--weights", required=True, help="checkpoint (path, .zip or URL) or an exported .onnx"
+    )
     parser.add_argument("--preset", help="model preset (required for detrex releases)")
     parser.add_argument("--keep-ratio", type=keep_ratio, help=keep_ratio_help)
 

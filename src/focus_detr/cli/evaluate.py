@@ -48,11 +48,13 @@ def run(args: argparse.Namespace) -> int:
     context = init_distributed(args.device or common.default_device())
     try:
         files = evaluation_split(args.data, args.split, args.format)
-        checkpoint = read_checkpoint(args.weights)
-        # read once; load_model takes the state dict with its metadata as a checkpoint dict
-        payload: Any = {"model": checkpoint.state_dict, **checkpoint.metadata}
+        source: Any = args.weights
+        if not str(args.weights).lower().endswith(".onnx"):  # ONNX: load_model reads it
+            checkpoint = read_checkpoint(args.weights)
+            # read once; load_model takes the state dict with its metadata as a checkpoint dict
+            source = {"model": checkpoint.state_dict, **checkpoint.metadata}
         model, categories = load_model(
-            payload, preset=args.preset, device=context.device, keep_ratio=args.keep_ratio
+            source, preset=args.preset, device=context.device, keep_ratio=args.keep_ratio
         )
         dataset, label_to_id = _dataset(files, categories)
         evaluation = evaluate(

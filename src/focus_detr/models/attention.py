@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focus_detr.models.export_mode import is_exporting
+
 
 @dataclass(frozen=True)
 class LayerSettings:
@@ -81,6 +83,12 @@ class MultiheadAttention(nn.Module):
         if attn_mask is not None:
             allowed_pairs = ~attn_mask[None, None]
             allowed = allowed_pairs if allowed is None else allowed & allowed_pairs
+        if allowed is not None and is_exporting():
+            # an additive mask is added to the scores as it broadcasts; ONNX's lowering of a
+            # boolean one expands it to [B, heads, Q, S] first (measured: 3x slower in ORT)
+            allowed = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(
+                ~allowed, float("-inf")
+            )
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
         )

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focus_detr.models.export_mode import is_exporting
 from focus_detr.models.masking import (
     needs_masking,
     optional_valid_sizes,
@@ -262,6 +263,8 @@ def _check_inputs(pixels: Tensor, image_sizes: Tensor | None) -> None:
             f"image_sizes must be an integer [{pixels.shape[0]}, 2] tensor, "
             f"got {image_sizes.dtype} {tuple(image_sizes.shape)}"
         )
+    if is_exporting():  # values are unknown while tracing; the deployed graph trusts its input
+        return
     canvas = torch.tensor(pixels.shape[-2:], device=image_sizes.device)
     if bool(((image_sizes < 1) | (image_sizes > canvas)).any()):
         raise ValueError(f"image_sizes must lie in [1, {tuple(canvas.tolist())}]: {image_sizes}")

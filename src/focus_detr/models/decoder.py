@@ -9,6 +9,7 @@ reference, while the next layer receives it detached.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +23,14 @@ from focus_detr.ops.boxes import inverse_sigmoid
 
 @dataclass
 class DecoderMemory:
-    """The encoder output the decoder attends to (see :class:`MultiScaleDeformableAttention`)."""
+    """The encoder output the decoder attends to (see :class:`MultiScaleDeformableAttention`).
+
+    ``level_shapes`` holds the (height, width) of each level as Python ints (symbols under
+    export), the values of ``spatial_shapes``.
+    """
 
     tokens: Tensor
+    level_shapes: Sequence[tuple[int, int]]
     spatial_shapes: Tensor
     level_start_index: Tensor
     valid_ratios: Tensor | None
@@ -71,6 +77,7 @@ class DecoderLayer(nn.Module):
             memory.level_start_index,
             memory.valid_ratios,
             memory.padding_mask,
+            level_shapes=memory.level_shapes,
         )
         queries = self.cross_attention_norm(queries + attended)
         return self.ffn_norm(queries + self.ffn(queries))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -102,11 +103,14 @@ class MultiScaleDeformableAttention(nn.Module):
         valid_ratios: Tensor | None = None,
         value_padding_mask: Tensor | None = None,
         projected_value: Tensor | None = None,
+        level_shapes: Sequence[tuple[int, int]] | None = None,
     ) -> Tensor:
         """Attend from ``query`` ``[B, Q, D]`` (position already added) into ``value``.
 
         ``projected_value`` (from :meth:`project_value`) may be passed instead of projecting
-        ``value`` again. Returns ``[B, Q, D]`` without the residual.
+        ``value`` again. ``level_shapes``: the values of ``spatial_shapes`` as Python ints
+        (needed under export, where they are symbols). Returns ``[B, Q, D]`` without the
+        residual.
         """
         batch, num_queries, _ = query.shape
         if projected_value is None:
@@ -122,7 +126,13 @@ class MultiScaleDeformableAttention(nn.Module):
         )
         locations = self._sampling_locations(reference, offsets, spatial_shapes, valid_ratios)
         output = multi_scale_deformable_attention(
-            projected_value, spatial_shapes, level_start_index, locations, weights, self.backend
+            projected_value,
+            spatial_shapes,
+            level_start_index,
+            locations,
+            weights,
+            self.backend,
+            level_shapes=level_shapes,
         )
         return self.dropout(self.output_proj(output))
 

@@ -17,6 +17,7 @@ from focus_detr.models.backbone_resnet import ResNet
 from focus_detr.models.backbone_swin import SwinTransformer
 from focus_detr.models.decoder import Decoder, DecoderMemory
 from focus_detr.models.denoising import build_denoising_queries
+from focus_detr.models.export_mode import is_exporting
 from focus_detr.models.focus_encoder import EncoderInputs, FocusEncoder
 from focus_detr.models.foreground import ForegroundScorer
 from focus_detr.models.masking import zero_padding
@@ -167,7 +168,8 @@ class FocusDETR(nn.Module):
             )
         batch = self._as_batch(images)
         pixels, image_sizes = self._normalise(batch)
-        padded = bool(
+        # under export the graph cannot tell whether a batch is padded: it always masks
+        padded = is_exporting() or bool(
             (image_sizes != torch.tensor(pixels.shape[-2:], device=image_sizes.device)).any()
         )
         sizes_if_padded = image_sizes if padded else None
@@ -192,6 +194,7 @@ class FocusDETR(nn.Module):
                     positions=tokens.positions,
                     references=tokens.references,
                     padding_mask=tokens.padding_mask,
+                    level_shapes=tokens.level_shapes,
                     spatial_shapes=tokens.layout.spatial_shapes,
                     level_start_index=tokens.layout.level_start_index,
                     valid_ratios=tokens.valid_ratios,
@@ -295,13 +298,8 @@ class FocusDETR(nn.Module):
         projected = self.token_projection(
             tokens.features + tokens.positions, tokens.proposals.valid
         )
-        layout = tokens.layout
         return self.foreground_scorer(
-            projected,
-            layout.spatial_shapes,
-            layout.level_start_index,
-            layout.valid_sizes,
-            tokens.padding_mask,
+            projected, tokens.level_shapes, tokens.layout.valid_sizes, tokens.padding_mask
         )
 
     def _select_queries(self, memory: Tensor, tokens: Tokens) -> SelectedQueries:
@@ -337,12 +335,13 @@ class FocusDETR(nn.Module):
             references = torch.cat((denoising.box_logits.sigmoid(), references), dim=1)
             attention_mask = denoising.attention_mask
         query_padding = None
-        if not bool(selected.query_mask.all()):
+        if is_exporting() or not bool(selected.query_mask.all()):
             query_padding = torch.cat(
                 (selected.query_mask.new_zeros(batch, num_dn), ~selected.query_mask), dim=1
             )
         memory_view = DecoderMemory(
             memory,
+            tokens.level_shapes,
             tokens.layout.spatial_shapes,
             tokens.layout.level_start_index,
             tokens.valid_ratios,

@@ -10,18 +10,25 @@ an FFN; the results are written back, every other token passes through unchanged
 
 Batching: budgets are per image. A batch gathers the largest budget ``K_l`` for everybody;
 slots beyond an image's own budget are filler that influences nothing (excluded from the dual
-attention, never written back), so an image gets the same result in any batch.
+attention, never written back), so an image gets the same result in any batch. The same
+property lets an exported graph (:mod:`~focus_detr.models.export_mode`) gather more than the
+largest budget: see :func:`gather_widths`.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from torch import Tensor, nn
 
 from focus_detr.models.attention import FeedForward, LayerSettings, MultiheadAttention
 from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
+from focus_detr.models.export_mode import is_exporting, traced_size
 from focus_detr.structures import EncoderTrace
 
 
@@ -34,6 +41,7 @@ class EncoderInputs:
         positions: ``[B, N, D]`` position + level embeddings.
         references: ``[B, N, 2]`` token centres in each image's valid normalised coordinates.
         padding_mask: ``[B, N]`` True on padding, or None when nothing is padded.
+        level_shapes: (height, width) of each level as Python ints (symbols under export).
         spatial_shapes / level_start_index: token layout.
         valid_ratios: ``[B, L, 2]`` valid fraction (w, h) of every level, or None.
     """
@@ -42,6 +50,7 @@ class EncoderInputs:
     positions: Tensor
     references: Tensor
     padding_mask: Tensor | None
+    level_shapes: Sequence[tuple[int, int]]
     spatial_shapes: Tensor
     level_start_index: Tensor
     valid_ratios: Tensor | None
@@ -103,6 +112,7 @@ class FocusEncoderLayer(nn.Module):
             inputs.level_start_index,
             inputs.valid_ratios,
             projected_value=value,
+            level_shapes=inputs.level_shapes,
         )
         tokens = self.deformable_norm(tokens + attended)
         tokens = self.ffn_norm(tokens + self.ffn(tokens))
@@ -112,7 +122,7 @@ class FocusEncoderLayer(nn.Module):
         self, tokens: Tensor, positions: Tensor, category_scores: Tensor, counts: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         batch, num_slots, dim = tokens.shape
-        num_selected = min(self.num_dual_attention_tokens, num_slots)
+        num_selected = torch.sym_min(self.num_dual_attention_tokens, num_slots)
         slot_ids = torch.arange(num_slots, device=tokens.device)
         active = slot_ids[None, :] < counts[:, None]
         scores = category_scores.masked_fill(~active, float("-inf"))
@@ -122,7 +132,7 @@ class FocusEncoderLayer(nn.Module):
         selected = tokens.gather(1, index)
         selected_positions = positions.gather(1, index)
         key_padding = None
-        if bool((dual_counts < num_selected).any()):
+        if is_exporting() or bool((dual_counts < num_selected).any()):
             key_padding = (
                 torch.arange(num_selected, device=tokens.device)[None] >= dual_counts[:, None]
             )
@@ -142,6 +152,57 @@ def token_budgets(valid_counts: Tensor, keep_ratio: float, cascade: tuple[float,
     kept = torch.minimum((valid * keep_ratio).floor() + 1, valid)
     ratios = torch.tensor(cascade, dtype=torch.float64, device=valid_counts.device)
     return (ratios[None, :] * kept[:, None]).floor().long()
+
+
+def gather_widths(
+    budgets: Tensor, num_tokens: int, keep_ratio: float, cascade: Sequence[float]
+) -> list[int]:
+    """How many tokens each layer gathers for the batch (``K_l``), from ``[B, layers]``
+    budgets.
+
+    Eager: the batch's largest budgets. Under export with a static input shape: the bounds
+    of :func:`layer_width_bounds` (constants, as TensorRT wants them). Under export with
+    symbolic sizes: the largest budgets again, computed in the graph (data-dependent sizes;
+    at least 2, which spares tracing sizes 0 and 1 apart and adds only filler).
+    """
+    if not is_exporting():
+        return budgets.max(dim=0).values.tolist()
+    if isinstance(num_tokens, int):
+        # budgets never grow along the cascade, so a running minimum of bounds still bounds them
+        bounds = itertools.accumulate(layer_width_bounds(num_tokens, keep_ratio, cascade), min)
+        return [min(num_tokens, max(2, width)) for width in bounds]
+    # non-increasing cascade: the first layer's width is the largest
+    first = traced_size(budgets[:, 0].max().clamp(min=2), at_least=2, at_most=num_tokens)
+    return [first] + [
+        traced_size(budgets[:, i].max().clamp(min=2), at_least=2, at_most=first)
+        for i in range(1, len(cascade))
+    ]
+
+
+def layer_width_bounds(num_tokens: int, keep_ratio: float, cascade: Sequence[float]) -> list[int]:
+    """Per layer, a bound of :func:`token_budgets` for every image of ``num_tokens`` tokens
+    or fewer, in integer arithmetic (no float64 rounding to reproduce).
+
+    Usually equal to the budget of an image that fills the batch (always >= it); slots beyond
+    an image's budget are filler that changes nothing, so the bound serves as the gather width.
+    """
+    kept = min(num_tokens, _floor_of_product(num_tokens, keep_ratio) + 1)
+    return [min(kept, _floor_of_product(kept, ratio)) for ratio in cascade]
+
+
+def _floor_of_product(count: int, ratio: float) -> int:
+    """An integer >= ``floor(count * ratio)`` as float64 computes it, for ``count < 2**40``.
+
+    A ratio that is the double nearest to a fraction ``p / q`` with ``q <= 1000`` (0.5, 0.3,
+    0.8, ...) gives ``count * p // q``: the float64 product differs from ``count * p / q`` by
+    far less than ``1 / q``, so its floor is that integer or, when ``count * p / q`` is an
+    integer, possibly one less. Any other ratio is rounded up to 20 bits and given one more.
+    """
+    fraction = Fraction(ratio).limit_denominator(1000)
+    if float(fraction) == ratio:
+        return count * fraction.numerator // fraction.denominator
+    scale = 1 << 20
+    return count * math.ceil(ratio * scale) // scale + 1
 
 
 class FocusEncoder(nn.Module):
@@ -175,19 +236,21 @@ class FocusEncoder(nn.Module):
             else (~padding).sum(dim=1)
         )
         budgets = token_budgets(valid_counts, keep_ratio, cascade)
+        exporting = is_exporting()
+        widths = gather_widths(budgets, num_tokens, keep_ratio, cascade)
+        most = widths[0] if exporting else max(widths)
         ranking_scores = foreground_logits.detach()
         if padding is not None:
             ranking_scores = ranking_scores.masked_fill(padding, float("-inf"))
-        most = int(budgets.max())
-        ranked = ranking_scores.topk(most, dim=1).indices if most > 0 else None
+        ranked = ranking_scores.topk(most, dim=1).indices if exporting or most > 0 else None
         # without autograd the layers write into this copy in place (one full-size copy in all)
         memory = features if torch.is_grad_enabled() else features.clone()
         token_indices, category_scores, dual_indices, dual_counts = [], [], [], []
         layers: list[FocusEncoderLayer] = list(self.layers)  # type: ignore[arg-type]
         for layer_index, layer in enumerate(layers):
             counts = budgets[:, layer_index]
-            width = int(counts.max())
-            if ranked is None or width == 0:  # nothing to update (e.g. a 1-pixel image)
+            width = widths[layer_index]
+            if ranked is None or (not exporting and width == 0):  # e.g. a 1-pixel image
                 empty = counts.new_zeros(batch, 0)
                 token_indices.append(empty)
                 category_scores.append(features.new_zeros(batch, 0))
@@ -223,22 +286,37 @@ class FocusEncoder(nn.Module):
     ) -> tuple[Tensor, _LayerSelection]:
         """Gather the tokens of ``token_ids``, update them with ``layer``, write them back."""
         batch, width = token_ids.shape
-        dim = memory.shape[-1]
-        index = token_ids[..., None].expand(batch, width, dim)
-        tokens = memory.gather(1, index)
-        positions = inputs.positions.gather(1, index)
-        references = inputs.references.gather(1, token_ids[..., None].expand(batch, width, 2))
+        tokens = gather_tokens(memory, token_ids)
+        positions = gather_tokens(inputs.positions, token_ids)
+        references = gather_tokens(inputs.references, token_ids)
         foreground = foreground_logits.gather(1, token_ids)
         category_scores = class_head(tokens).max(dim=-1).values * foreground
         updated, slots, dual_counts = layer(
             tokens, positions, references, category_scores, counts, inputs
         )
         active = torch.arange(width, device=memory.device)[None, :] < counts[:, None]
-        if not bool(active.all()):
+        if is_exporting() or not bool(active.all()):
             # filler slots write their token's old value back: a no-op
             updated = torch.where(active[..., None], updated, tokens)
-        if torch.is_grad_enabled():
+        if is_exporting():  # rows written at once (ONNX ScatterND), not element by element
+            rows = torch.arange(batch, device=memory.device)[:, None]
+            memory = memory.index_put((rows, token_ids), updated)
+        elif torch.is_grad_enabled():
+            index = token_ids[..., None].expand_as(updated)
             memory = memory.scatter(1, index, updated)  # autograd needs the old memory
         else:
+            index = token_ids[..., None].expand_as(updated)
             memory.scatter_(1, index, updated)  # owned by the encoder (copied once)
         return memory, _LayerSelection(category_scores, slots, dual_counts)
+
+
+def gather_tokens(values: Tensor, token_ids: Tensor) -> Tensor:
+    """``[B, N, C]`` values of the ``[B, K]`` tokens ``token_ids`` -> ``[B, K, C]``.
+
+    Under export one row gather (ONNX ``GatherND``) instead of the element-wise
+    ``GatherElements`` of ``torch.gather``, whose index is ``C`` times larger; same values.
+    """
+    if is_exporting():
+        rows = torch.arange(values.shape[0], device=values.device)[:, None]
+        return values[rows, token_ids]
+    return values.gather(1, token_ids[..., None].expand(-1, -1, values.shape[-1]))

@@ -7,6 +7,8 @@ The scoring MLP mixes per-token ("local") and per-level mean ("global") features
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -60,24 +62,25 @@ class ForegroundScorer(nn.Module):
     def forward(
         self,
         tokens: Tensor,
-        spatial_shapes: Tensor,
-        level_start_index: Tensor,
+        level_shapes: Sequence[tuple[int, int]],
         valid_sizes: Tensor,
         padding_mask: Tensor | None,
     ) -> Tensor:
         """``[B, N, D]`` projected tokens -> ``[B, N]`` foreground logits (level 0 first).
 
+        ``level_shapes``: (height, width) of each level of the padded batch, finest first;
         ``valid_sizes`` ``[B, L, 2]``: each image's valid (h, w) per level; ``padding_mask``
         ``[B, N]`` (None when nothing is padded).
         """
-        batch, _, dim = tokens.shape
-        shapes = spatial_shapes.tolist()
-        starts = level_start_index.tolist()
-        num_levels = len(shapes)
+        batch = tokens.shape[0]
+        num_levels = len(level_shapes)
+        starts = [0]
+        for height, width in level_shapes[:-1]:
+            starts.append(starts[-1] + height * width)
         scores: list[Tensor] = [tokens.new_empty(0)] * num_levels
         previous: Tensor | None = None
         for step, level in enumerate(reversed(range(num_levels))):
-            height, width = shapes[level]
+            height, width = level_shapes[level]
             start = starts[level]
             level_tokens = tokens[:, start : start + height * width]
             level_mask = (
@@ -92,7 +95,6 @@ class ForegroundScorer(nn.Module):
             level_scores = self.scorer(level_tokens, level_mask)
             scores[level] = level_scores
             previous = level_scores.view(batch, height, width)
-        del dim
         return torch.cat(scores, dim=1)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from focus_detr.models.export_mode import is_exporting
+
 
 def valid_sizes_at_stride(image_sizes: Tensor, stride: int) -> Tensor:
     """``[B, 2]`` valid (height, width) at ``stride`` for images of ``image_sizes`` pixels."""
@@ -33,9 +35,14 @@ def padding_mask_from_sizes(valid_sizes: Tensor, height: int, width: int) -> Ten
 
 
 def needs_masking(valid_sizes: Tensor | None, height: int, width: int) -> bool:
-    """False when no image of the batch has padding at this resolution (fast path)."""
+    """False when no image of the batch has padding at this resolution (fast path).
+
+    Always True under export when sizes are given: the graph cannot know the batch's sizes.
+    """
     if valid_sizes is None:
         return False
+    if is_exporting():
+        return True
     return bool(((valid_sizes[:, 0] < height) | (valid_sizes[:, 1] < width)).any())
 
 
@@ -61,8 +68,9 @@ def masked_group_norm(
         return norm(features)
     assert valid_sizes is not None
     groups = norm.num_groups
-    keep = (~padding_mask_from_sizes(valid_sizes, height, width)).to(features.dtype)
-    keep = keep[:, None, None]  # [B, 1, 1, H, W]
+    keep_map = (~padding_mask_from_sizes(valid_sizes, height, width)).to(features.dtype)
+    keep_map = keep_map[:, None]  # [B, 1, H, W]
+    keep = keep_map[:, :, None]  # [B, 1, 1, H, W]
     grouped = features.view(batch, groups, channels // groups, height, width)
     count = keep.sum(dim=(2, 3, 4), keepdim=True) * (channels // groups)
     mean = (grouped * keep).sum(dim=(2, 3, 4), keepdim=True) / count
@@ -71,4 +79,4 @@ def masked_group_norm(
     normed = (centred * torch.rsqrt(var + norm.eps)).view(batch, channels, height, width)
     if norm.affine:
         normed = normed * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
-    return normed * keep.view(batch, 1, height, width)
+    return normed * keep_map

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from focus_detr.models.attention import MLP
+from focus_detr.models.export_mode import is_exporting, traced_size
 
 
 @dataclass
@@ -25,13 +27,19 @@ class TokenProposals:
 
 
 def token_proposals(
-    spatial_shapes: Tensor, valid_sizes: Tensor, padding_mask: Tensor | None, dtype: torch.dtype
+    level_shapes: Sequence[tuple[int, int]],
+    valid_sizes: Tensor,
+    padding_mask: Tensor | None,
+    dtype: torch.dtype,
 ) -> TokenProposals:
-    """Cell centres with size ``0.05 * 2**level``, normalised to each image's valid area."""
+    """Cell centres with size ``0.05 * 2**level``, normalised to each image's valid area.
+
+    ``level_shapes``: (height, width) of each level of the padded batch.
+    """
     device = valid_sizes.device
     batch = valid_sizes.shape[0]
     proposals = []
-    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+    for level, (height, width) in enumerate(level_shapes):
         ys = torch.arange(height, dtype=dtype, device=device)
         xs = torch.arange(width, dtype=dtype, device=device)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
@@ -106,7 +114,7 @@ def select_queries(
     if padding_mask is not None:
         ranking = ranking.masked_fill(padding_mask, float("-inf"))
         valid_counts = (~padding_mask).sum(dim=1)
-    count = min(num_queries, int(valid_counts.max()))
+    count = _query_count(valid_counts, num_queries, num_tokens)
     token_indices = ranking.topk(count, dim=1).indices
     query_mask = torch.arange(count, device=logits.device)[None, :] < valid_counts[:, None]
     num_classes = logits.shape[-1]
@@ -120,4 +128,23 @@ def select_queries(
         logits=logits.gather(1, token_indices[..., None].expand(batch, count, num_classes)),
         box_logits=box_head(hidden) + proposal_logits,
         hidden=hidden,
+    )
+
+
+def _query_count(valid_counts: Tensor, num_queries: int, num_tokens: int) -> int:
+    """Queries of the batch: ``num_queries``, or fewer when no image has that many tokens.
+
+    Under export with a static input shape every image may fill the padded input (a constant;
+    filler queries are masked); with symbolic sizes it is computed in the graph (at least 2,
+    which every image has: one token per level).
+    """
+    if not is_exporting():
+        return min(num_queries, int(valid_counts.max()))
+    if isinstance(num_tokens, int):
+        return min(num_queries, num_tokens)
+    fewest = min(2, num_queries)
+    return traced_size(
+        valid_counts.max().clamp(min=fewest, max=num_queries),
+        at_least=fewest,
+        at_most=torch.sym_min(num_queries, num_tokens),
     )

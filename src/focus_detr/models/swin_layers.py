@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focus_detr.models.export_mode import is_exporting
 from focus_detr.models.masking import needs_masking, padding_mask_from_sizes, valid_sizes_at_stride
 
 MLP_RATIO = 4
@@ -227,7 +228,8 @@ class PatchMerging(nn.Module):
         if padding_mask is not None:
             features = features.masked_fill(padding_mask[..., None], 0.0)
         height, width = features.shape[1:3]
-        if height % 2 == 1 or width % 2 == 1:
+        # under export the parity of the size is unknown: pad by 0 or 1 in the graph
+        if is_exporting() or height % 2 == 1 or width % 2 == 1:
             features = F.pad(features, (0, 0, 0, width % 2, 0, height % 2))
         merged = torch.cat(
             [

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from focus_detr.models.export_mode import is_exporting
 from focus_detr.models.masking import padding_mask_from_sizes, valid_sizes_at_stride
 from focus_detr.models.position_encoding import sine_position_embedding
 from focus_detr.models.query_selection import TokenProposals, token_proposals
@@ -18,6 +19,8 @@ class Tokens:
     """Flattened multi-scale tokens and their geometry.
 
     Attributes:
+        level_shapes: (height, width) of each level of the padded batch, as Python ints
+            (symbolic sizes under export), the same values as ``layout.spatial_shapes``.
         features: ``[B, N, D]`` neck features, level 0 (finest) first, row-major.
         positions: ``[B, N, D]`` sine position embedding + learned level embedding.
         references: ``[B, N, 2]`` (x, y) cell centres in each image's valid coordinates.
@@ -28,6 +31,7 @@ class Tokens:
         proposals: two-stage grid proposals of every token.
     """
 
+    level_shapes: tuple[tuple[int, int], ...]
     features: Tensor
     positions: Tensor
     references: Tensor
@@ -52,12 +56,13 @@ def flatten_levels(
     ``ceil(size / s)`` positions of each image.
     """
     device, dtype = levels[0].device, levels[0].dtype
-    shapes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
+    # plain ints in eager mode, symbols under export (never int(): it would freeze them)
+    shapes = tuple((level.shape[-2], level.shape[-1]) for level in levels)
     spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
     areas = spatial_shapes.prod(dim=1)
     level_start_index = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1]))
     valid_sizes = torch.stack([valid_sizes_at_stride(image_sizes, s) for s in strides], dim=1)
-    padded = bool((valid_sizes != spatial_shapes[None]).any())
+    padded = is_exporting() or bool((valid_sizes != spatial_shapes[None]).any())
     features, positions, references, masks = [], [], [], []
     for level, (feature, (height, width)) in enumerate(zip(levels, shapes)):
         valid = valid_sizes[:, level]
@@ -81,13 +86,14 @@ def flatten_levels(
         valid_ratios = (valid_sizes.to(dtype) / spatial_shapes[None].to(dtype)).flip(-1)
     used_mask = padding_mask if padded else None
     return Tokens(
+        level_shapes=shapes,
         features=torch.cat(features, dim=1),
         positions=torch.cat(positions, dim=1),
         references=torch.cat(references, dim=1),
         layout=layout,
         valid_ratios=valid_ratios,
         padding_mask=used_mask,
-        proposals=token_proposals(spatial_shapes, valid_sizes, used_mask, dtype),
+        proposals=token_proposals(shapes, valid_sizes, used_mask, dtype),
     )
 
 

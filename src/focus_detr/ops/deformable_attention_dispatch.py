@@ -17,24 +17,43 @@ Shapes (shared by every implementation):
 Implementations (none of them imports this module):
 
 - ``gather`` (:mod:`~focus_detr.ops.deformable_attention_torch`): the default on CPU;
-- ``grid_sample`` (same module): the per-level ``F.grid_sample`` reference;
+- ``grid_sample`` (same module): the per-level ``F.grid_sample`` reference, and the default
+  under export (ONNX ``GridSample``; see :data:`EXPORT_BACKEND`);
+- ``corner_gather`` (same module): ``torch.gather`` per level and bilinear corner, standard
+  ONNX ops only;
 - ``triton`` (:mod:`~focus_detr.ops.deformable_attention_triton`): fused kernels, the default
   for CUDA tensors when Triton is importable. float64 always runs the gather path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from focus_detr.ops.deformable_attention_torch import (
+    deformable_attention_corner_gather,
     deformable_attention_gather,
     deformable_attention_grid_sample,
 )
 
-__all__ = ["BACKENDS", "multi_scale_deformable_attention", "triton_available"]
+__all__ = [
+    "BACKENDS",
+    "EXPORTABLE_BACKENDS",
+    "EXPORT_BACKEND",
+    "multi_scale_deformable_attention",
+    "triton_available",
+]
 
-BACKENDS = ("auto", "gather", "grid_sample", "triton")
+BACKENDS = ("auto", "gather", "grid_sample", "corner_gather", "triton")
+
+#: Backends that ``torch.export`` (and so the ONNX exporter) can trace.
+EXPORTABLE_BACKENDS = ("grid_sample", "corner_gather")
+
+#: What the other backends become under export: ONNX Runtime runs one ``GridSample`` per level
+#: faster than the gathers (docs/deploy.md has the measurements).
+EXPORT_BACKEND = "grid_sample"
 
 
 def multi_scale_deformable_attention(
@@ -44,15 +63,22 @@ def multi_scale_deformable_attention(
     sampling_locations: Tensor,
     attention_weights: Tensor,
     backend: str = "auto",
+    *,
+    level_shapes: Sequence[tuple[int, int]] | None = None,
 ) -> Tensor:
     """Deformable attention with the implementation named by ``backend`` (see :data:`BACKENDS`).
 
     ``auto`` picks the Triton kernel for CUDA tensors when Triton is available, else the
     gather path. The Triton kernels do not take float64: float64 inputs run the gather path
-    whatever the backend asked for (the float64 parity checks rely on it).
+    whatever the backend asked for (the float64 parity checks rely on it). Under
+    ``torch.export`` a backend outside :data:`EXPORTABLE_BACKENDS` becomes
+    :data:`EXPORT_BACKEND`. ``level_shapes`` (the values of ``spatial_shapes`` as Python ints)
+    spares a device-to-host copy; under export the ``grid_sample`` backend needs it.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown deformable attention backend {backend!r}; use one of {BACKENDS}")
+    if torch.compiler.is_exporting() and backend not in EXPORTABLE_BACKENDS:
+        backend = EXPORT_BACKEND
     if backend == "auto":
         backend = "triton" if value.is_cuda and triton_available() else "gather"
     if backend == "triton" and torch.float64 in (value.dtype, sampling_locations.dtype):
@@ -65,7 +91,11 @@ def multi_scale_deformable_attention(
         )
     if backend == "grid_sample":
         return deformable_attention_grid_sample(
-            value, spatial_shapes, sampling_locations, attention_weights
+            value, spatial_shapes, sampling_locations, attention_weights, level_shapes=level_shapes
+        )
+    if backend == "corner_gather":
+        return deformable_attention_corner_gather(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
     return deformable_attention_gather(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights

@@ -1,6 +1,6 @@
 """Multi-scale deformable attention in plain PyTorch (Zhu et al., Deformable DETR, eq. 3).
 
-Two implementations of the function documented in
+Three implementations of the function documented in
 :mod:`focus_detr.ops.deformable_attention_dispatch` (which chooses between them and the Triton
 kernel; this module imports neither):
 
@@ -9,16 +9,25 @@ kernel; this module imports neither):
   sampled row of ``head_dim`` contiguous values once and never builds per-level images.
 - :func:`deformable_attention_grid_sample`: the classic per-level ``F.grid_sample``
   formulation (detrex's ``multi_scale_deformable_attn_pytorch``), kept as the reference the
-  fast paths are tested against.
+  fast paths are tested against; exports to ONNX ``GridSample`` (opset >= 16).
+- :func:`deformable_attention_corner_gather`: one ``torch.gather`` per level and bilinear
+  corner and a weighted sum (ONNX ``GatherElements``, ``Mul``, ``ReduceSum``): standard ops
+  only, for exporters and runtimes without ``GridSample``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["deformable_attention_gather", "deformable_attention_grid_sample"]
+__all__ = [
+    "deformable_attention_corner_gather",
+    "deformable_attention_gather",
+    "deformable_attention_grid_sample",
+]
 
 
 # Each level's value map gets a zero border (1 before, 2 after, on both axes) so that the four
@@ -146,32 +155,86 @@ def deformable_attention_grid_sample(
     spatial_shapes: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    *,
+    level_shapes: Sequence[tuple[int, int]] | None = None,
 ) -> Tensor:
-    """Reference implementation: one ``F.grid_sample`` per level (as in Deformable DETR)."""
+    """Reference implementation: one ``F.grid_sample`` per level (as in Deformable DETR).
+
+    ``level_shapes``: the values of ``spatial_shapes`` as Python ints (symbols under export);
+    read from ``spatial_shapes`` when not given. Levels are weighted and summed one at a time
+    (no stacked copy of every level's samples).
+    """
     batch, _, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    value_per_level = value.split(sizes, dim=1)
+    if level_shapes is None:
+        level_shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     grids = 2 * sampling_locations - 1
-    sampled = []
-    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+    # [batch, queries, heads, levels, points] -> [batch * heads, 1, queries, levels, points]
+    weights = attention_weights.transpose(1, 2).reshape(
+        batch * num_heads, 1, num_queries, num_levels, num_points
+    )
+    out = value.new_zeros(batch * num_heads, head_dim, num_queries)
+    start = 0
+    for level, (height, width) in enumerate(level_shapes):
         # [batch, h*w, heads, dim] -> [batch * heads, dim, h, w]
         level_value = (
-            value_per_level[level]
+            value[:, start : start + height * width]
             .flatten(2)
             .transpose(1, 2)
             .reshape(batch * num_heads, head_dim, height, width)
         )
+        start = start + height * width
         # [batch, queries, heads, points, 2] -> [batch * heads, queries, points, 2]
         level_grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled.append(
-            F.grid_sample(
-                level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False
-            )
-        )
-    # [batch, queries, heads, levels, points] -> [batch * heads, 1, queries, levels * points]
-    weights = attention_weights.transpose(1, 2).reshape(
-        batch * num_heads, 1, num_queries, num_levels * num_points
-    )
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
+        sampled = F.grid_sample(
+            level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # [batch * heads, dim, queries, points]
+        out = out + (sampled * weights[:, :, :, level]).sum(-1)
     return out.view(batch, num_heads * head_dim, num_queries).transpose(1, 2).contiguous()
+
+
+def deformable_attention_corner_gather(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Deformable attention from ``torch.gather`` calls: per level and bilinear corner, the
+    corner rows of every sample and their weighted sum. Level sizes are read as tensors, so
+    the traced graph holds no Python shape."""
+    batch, _, num_heads, head_dim = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    groups = batch * num_heads
+    rows = value.transpose(1, 2).reshape(groups, -1, head_dim)  # [B * heads, S, dim]
+    # [B, Q, heads, L, P, ...] -> [B * heads, Q, L, P, ...]
+    locations = sampling_locations.transpose(1, 2).reshape(
+        groups, num_queries, num_levels, num_points, 2
+    )
+    weights = attention_weights.transpose(1, 2).reshape(groups, num_queries, num_levels, num_points)
+    sizes = spatial_shapes.to(locations.dtype)
+    output = rows.new_zeros(groups, num_queries, head_dim)
+    for level in range(num_levels):
+        height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
+        # align_corners=False pixel coordinates, as grid_sample
+        x = locations[:, :, level, :, 0] * sizes[level, 1] - 0.5
+        y = locations[:, :, level, :, 1] * sizes[level, 0] - 0.5
+        x0, y0 = x.floor(), y.floor()
+        x_weights = (1 - (x - x0), x - x0)
+        y_weights = (1 - (y - y0), y - y0)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                column, row = x0.long() + dx, y0.long() + dy
+                inside = (column >= 0) & (column < width) & (row >= 0) & (row < height)
+                weight = x_weights[dx] * y_weights[dy] * weights[:, :, level] * inside
+                index = (
+                    level_start_index[level]
+                    + row.clamp(min=0).minimum(height - 1) * width
+                    + column.clamp(min=0).minimum(width - 1)
+                )
+                corners = rows.gather(
+                    1, index.reshape(groups, -1, 1).expand(-1, -1, head_dim)
+                ).view(groups, num_queries, num_points, head_dim)
+                output = output + (corners * weight[..., None]).sum(dim=2)
+    output = output.view(batch, num_heads, num_queries, head_dim).transpose(1, 2)
+    return output.reshape(batch, num_queries, num_heads * head_dim)

@@ -1,0 +1,89 @@
+"""``focus-detr export``: the whole detector as an ONNX graph, with its metadata."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from focus_detr.cli import common
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="export weights to ONNX (run it with predict/eval --weights model.onnx)",
+        description=(
+            "Export the detector to one ONNX file: padded uint8 images and their sizes in, "
+            "each image's top detections out; batch, height and width dynamic unless --static. "
+            "The preset, class names, test resize and configuration go into its metadata. "
+            "See docs/deploy.md."
+        ),
+    )
+    common.add_model_source(parser, keep_ratio_help="encoder keep ratio to bake in")
+    parser.add_argument("--out", required=True, help="output .onnx file")
+    parser.add_argument(
+        "--opset", type=common.positive_int, default=18, help="ONNX opset, 16..23 (18)"
+    )
+    parser.add_argument(
+        "--static",
+        type=common.image_size,
+        metavar="HxW",
+        help="export for this one canvas size (constant shapes, e.g. for TensorRT)",
+    )
+    parser.add_argument(
+        "--foreground-scores",
+        action="store_true",
+        help="also output every token's foreground logit",
+    )
+    parser.add_argument(
+        "--deformable-attention",
+        choices=["grid_sample", "corner_gather"],
+        default="grid_sample",
+        help="GridSample ops (default) or GatherElements only",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from focus_detr.checkpoint import read_checkpoint
+    from focus_detr.config import Config, config_from_dict
+    from focus_detr.deploy.onnx_export import export_onnx
+    from focus_detr.inference import load_model
+    from focus_detr.presets import get_preset
+
+    if str(args.weights).lower().endswith(".onnx"):
+        raise common.UsageError("--weights is already an ONNX model; export a checkpoint")
+    if not str(args.out).lower().endswith(".onnx"):
+        raise common.UsageError(f"--out must name a .onnx file, got {args.out}")
+    checkpoint = read_checkpoint(args.weights)
+    payload: Any = {"model": checkpoint.state_dict, **checkpoint.metadata}
+    model, categories = load_model(
+        payload, preset=args.preset, device="cpu", keep_ratio=args.keep_ratio
+    )
+    stored = checkpoint.metadata.get("config")
+    recorded_preset = checkpoint.metadata.get("preset")
+    preset = args.preset or (recorded_preset if isinstance(recorded_preset, str) else None)
+    config: Config | None = None
+    if args.preset is not None:
+        config = get_preset(args.preset).config
+    elif isinstance(stored, dict):
+        config = config_from_dict(stored)
+    shape = "static {}x{}".format(*args.static) if args.static else "dynamic batch, height, width"
+    print(f"exporting to {args.out} (opset {args.opset}, {shape}); this takes minutes")
+    report = export_onnx(
+        model,
+        args.out,
+        class_names=categories.names,
+        category_ids=categories.ids,
+        preset=preset,
+        config=config,
+        opset=args.opset,
+        static_size=args.static,
+        foreground_scores=args.foreground_scores,
+        deformable_attention=args.deformable_attention,
+    )
+    print(
+        f"wrote {report.path} ({report.size_bytes / 2**20:.1f} MiB) in {report.seconds:.0f} s; "
+        f"run it with: focus-detr predict IMAGES --weights {report.path} --out OUT"
+    )
+    return 0

@@ -1,0 +1,215 @@
+"""ONNX export and the ONNX Runtime detector, on the quick-start model with random weights.
+
+One export serves the module: ``focus-detr export --static 320x320`` (the quick-start recipe
+resizes to at most 320 pixels), which takes about half a minute. The dynamic-size export,
+whose tracing alone takes minutes, and the zoo presets are in ``test_onnx_zoo.py`` (slow).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+ort = pytest.importorskip("onnxruntime")
+
+import focus_detr  # noqa: E402
+from focus_detr.cli import main  # noqa: E402
+from focus_detr.config import config_to_dict  # noqa: E402
+from focus_detr.deploy.onnx_runtime import OnnxRuntimeDetector  # noqa: E402
+from focus_detr.engine.checkpointing import save_final_model  # noqa: E402
+from focus_detr.errors import MissingDependencyError  # noqa: E402
+from focus_detr.models.focus_encoder import layer_width_bounds, token_budgets  # noqa: E402
+from focus_detr.presets import get_preset  # noqa: E402
+from tests.helpers import randomize_  # noqa: E402
+from tests.onnx_checks import MIN_MATCHED, matched_fraction, random_images  # noqa: E402
+
+PRESET = "focus_detr_tiny"
+CLASS_NAMES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon"]
+CANVAS = (320, 320)
+# never seen by the export (its example images are 320x320 and 270x230)
+UNSEEN_SIZES = [(301, 217), (150, 97), (192, 320), (20, 31)]
+
+
+@dataclass
+class Exported:
+    model: focus_detr.FocusDETR
+    checkpoint: Path
+    onnx: Path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Exported:
+    model = randomize_(focus_detr.build_model(PRESET), seed=3).eval()
+    folder = tmp_path_factory.mktemp("onnx")
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASS_NAMES)]
+    checkpoint = save_final_model(
+        folder / "tiny.pth", model, config_to_dict(get_preset(PRESET).config), categories
+    )
+    onnx_path = folder / "tiny.onnx"
+    arguments = ["export", "--weights", str(checkpoint), "--preset", PRESET]
+    static = "x".join(map(str, CANVAS))
+    assert main([*arguments, "--out", str(onnx_path), "--static", static]) == 0
+    return Exported(model, checkpoint, onnx_path)
+
+
+@pytest.fixture(scope="module")
+def detector(exported) -> OnnxRuntimeDetector:
+    return OnnxRuntimeDetector.open(exported.onnx)
+
+
+def test_onnx_runtime_matches_pytorch_at_sizes_unseen_at_export(exported, detector) -> None:
+    for image in random_images(UNSEEN_SIZES, seed=1):
+        with torch.no_grad():
+            expected = exported.model([image])[0]
+        found = detector([image])[0]
+        assert len(expected["scores"]) > 0
+        assert matched_fraction(expected, found) >= MIN_MATCHED, tuple(image.shape)
+        assert found["boxes"].dtype == torch.float32 and found["labels"].dtype == torch.int64
+
+
+def test_a_batch_gives_each_image_its_single_image_result(detector) -> None:
+    images = random_images([(211, 150), (97, 301), (260, 260)], seed=2)
+    batched = detector(images)
+    for image, in_batch in zip(images, batched):
+        alone = detector([image])[0]
+        assert torch.equal(alone["labels"], in_batch["labels"])
+        torch.testing.assert_close(alone["scores"], in_batch["scores"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(alone["boxes"], in_batch["boxes"], atol=1e-3, rtol=0)
+
+
+def test_metadata_round_trip_makes_the_preset_unnecessary(exported) -> None:
+    model, categories = focus_detr.load_model(exported.onnx)
+    assert isinstance(model, OnnxRuntimeDetector)
+    assert model.config == exported.model.config
+    assert categories.names == tuple(CLASS_NAMES)
+    assert categories.ids == tuple(range(1, 9))
+    assert model.metadata.static_size == CANVAS and model.metadata.preset == PRESET
+    assert model.metadata.input_min_side == 128
+    assert model.metadata.config.train == get_preset(PRESET).config.train
+    assert model.metadata.outputs == ("boxes", "scores", "labels", "valid")
+    assert list(model.parameters()) == [] and model.device == torch.device("cpu")
+    predictor = focus_detr.Predictor(model)
+    assert (predictor.min_size, predictor.max_size) == (192, 320)
+
+
+def test_the_keep_ratio_is_fixed_at_export(exported) -> None:
+    with pytest.raises(focus_detr.CheckpointError, match="fixed at export"):
+        focus_detr.load_model(exported.onnx, keep_ratio=0.3)
+    with pytest.raises(focus_detr.CheckpointError, match="preset"):
+        focus_detr.load_model(exported.onnx, preset="focus_detr_r50_4scale_12ep")
+
+
+def test_predict_with_onnx_writes_what_pytorch_writes(exported, synthetic, tmp_path) -> None:
+    outputs = {}
+    for name, weights in (("torch", exported.checkpoint), ("onnx", exported.onnx)):
+        out = tmp_path / name
+        arguments = ["predict", str(synthetic.val_images), "--weights", str(weights)]
+        assert main([*arguments, "--out", str(out), "--threshold", "0.2", "--device", "cpu"]) == 0
+        outputs[name] = out
+    files = {p.relative_to(outputs["torch"]) for p in outputs["torch"].rglob("*")}
+    assert files == {p.relative_to(outputs["onnx"]) for p in outputs["onnx"].rglob("*")}
+    torch_results = json.loads((outputs["torch"] / "predictions.json").read_text())
+    onnx_results = json.loads((outputs["onnx"] / "predictions.json").read_text())
+    assert torch_results  # not a comparison of nothing
+    by_file: dict[str, list[dict]] = {}
+    for entry in onnx_results:
+        by_file.setdefault(entry["file_name"], []).append(entry)
+    for entry in torch_results:
+        candidates = [
+            c
+            for c in by_file.get(entry["file_name"], [])
+            if c["category_id"] == entry["category_id"]
+            and abs(c["score"] - entry["score"]) <= 2e-3
+            and max(abs(a - b) for a, b in zip(c["bbox"], entry["bbox"])) <= 0.1
+        ]
+        # a score within 2e-3 of the 0.2 threshold may fall on either side of it
+        assert candidates or abs(entry["score"] - 0.2) <= 2e-3, entry
+
+
+def test_eval_with_onnx_gives_the_pytorch_numbers(exported, synthetic, tmp_path, capsys) -> None:
+    tables = {}
+    for name, weights in (("torch", exported.checkpoint), ("onnx", exported.onnx)):
+        results = tmp_path / f"{name}.json"
+        arguments = ["eval", "--weights", str(weights), "--data", str(synthetic.root)]
+        options = ["--device", "cpu", "--workers", "0", "--no-progress", "--batch-size", "3"]
+        assert main([*arguments, *options, "--results", str(results)]) == 0
+        tables[name] = capsys.readouterr().out
+        assert results.is_file()
+    torch_ap = _first_ap(tables["torch"])
+    assert abs(_first_ap(tables["onnx"]) - torch_ap) <= 0.002
+
+
+def _first_ap(table: str) -> float:
+    line = next(line for line in table.splitlines() if "Average Precision" in line)
+    return float(line.rsplit("=", 1)[1])
+
+
+def test_a_bad_onnx_file_is_a_one_line_error(tmp_path, capsys) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a protobuf at all")
+    foreign = tmp_path / "foreign.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    onnx.save(helper.make_model(graph), foreign)
+    for path, message in ((garbage, "not a usable ONNX model"), (foreign, "not exported by")):
+        arguments = ["predict", str(tmp_path), "--weights", str(path), "--out", str(tmp_path)]
+        assert main(arguments) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_missing_onnxruntime_is_a_clear_error(exported, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    with pytest.raises(MissingDependencyError, match=r"focus-detr\[onnx\]"):
+        focus_detr.load_model(exported.onnx)
+    assert main(["predict", "x.jpg", "--weights", str(exported.onnx), "--out", "o"]) == 2
+    assert 'pip install "focus-detr[onnx]"' in capsys.readouterr().err
+
+
+def test_images_must_be_uint8_and_fit_a_static_canvas(detector) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        detector([torch.rand(3, 50, 60)])
+    with pytest.raises(ValueError, match="static"):
+        detector(random_images([(321, 100)]))
+
+
+def test_import_focus_detr_loads_neither_onnx_nor_onnxruntime() -> None:
+    code = (
+        "import sys, focus_detr\n"
+        "focus_detr.export_onnx, focus_detr.load_model\n"
+        "print([m for m in ('onnx', 'onnxruntime', 'onnxscript') if m in sys.modules])\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert completed.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("keep_ratio", [0.5, 0.3, 0.7, 1.0, 0.123456789, 0.2 + 0.1])
+@pytest.mark.parametrize("cascade", [(1.0, 0.8, 0.6, 0.6, 0.4, 0.2), (0.9, 0.7, 0.33)])
+def test_static_gather_widths_bound_every_budget(keep_ratio, cascade) -> None:
+    """The constant widths of a static export hold every image's budget, and for the usual
+    ratios equal the budget of an image that fills the canvas."""
+    counts = torch.arange(1, 200_001)
+    budgets = token_budgets(counts, keep_ratio, cascade)
+    for count in [*range(1, 2000), *range(2000, 200_001, 997)]:
+        bounds = layer_width_bounds(count, keep_ratio, cascade)
+        assert all(b >= int(x) for b, x in zip(bounds, budgets[count - 1])), count
+    if keep_ratio in (0.5, 0.3, 1.0) and cascade[0] == 1.0:
+        exact = [layer_width_bounds(int(c), keep_ratio, cascade) for c in counts[:3000]]
+        assert torch.equal(torch.tensor(exact), budgets[:3000])
