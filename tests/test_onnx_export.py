@@ -215,3 +215,13 @@ def test_static_gather_widths_bound_every_budget(keep_ratio, cascade) -> None:
     if keep_ratio in (0.5, 0.3, 1.0) and cascade[0] == 1.0:
         exact = [layer_width_bounds(int(c), keep_ratio, cascade) for c in counts[:3000]]
         assert torch.equal(torch.tensor(exact), budgets[:3000])
+
+
+def test_focus_maps_ask_for_the_pytorch_checkpoint(exported, detector, synthetic, capsys) -> None:
+    images = str(synthetic.val_images)
+    arguments = ["predict", images, "--weights", str(exported.onnx), "--focus-maps"]
+    assert main([*arguments, "--out", "unused"]) == 2
+    assert "--focus-maps needs the PyTorch checkpoint" in capsys.readouterr().err
+    assert not Path("unused").exists()
+    with pytest.raises(TypeError, match="PyTorch FocusDETR"):
+        focus_detr.compute_focus_maps(detector, random_images([(100, 120)]))

@@ -78,7 +78,7 @@ def compute_focus_maps(
     maps come from its raw outputs (``model(images, raw=True)``).
     """
     config = getattr(model, "config", None)
-    if not isinstance(model, torch.nn.Module) or config is None:
+    if not isinstance(model, torch.nn.Module) or config is None or not _has_parameters(model):
         raise TypeError("focus maps need the PyTorch FocusDETR model (its raw outputs)")
     short, limit = config.test_resize(min_size, max_size)
     resized = []
@@ -93,6 +93,10 @@ def compute_focus_maps(
         resized.append(resize_image(image.cpu(), height, width))
     sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
     return focus_maps_of_inputs(model, resized, sizes)
+
+
+def _has_parameters(model: torch.nn.Module) -> bool:
+    return next(model.parameters(), None) is not None
 
 
 def focus_maps_of_inputs(

@@ -79,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
     from focus_detr.predict_outputs import plan_prediction
 
     common.check_weights_file(args.weights)
+    if args.focus_maps and str(args.weights).lower().endswith(".onnx"):
+        raise common.UsageError(
+            "--focus-maps needs the PyTorch checkpoint (the encoder's token trace is not an "
+            "output of the ONNX graph); give the .pth the .onnx was exported from"
+        )
     plan = plan_prediction(args.inputs, args.out, focus_maps=args.focus_maps)  # before any work
     for folder in plan.empty_folders:
         print(f"warning: no images or videos in {folder}", file=sys.stderr)
