@@ -170,3 +170,22 @@ def test_nms_and_slicing_options_reach_the_predictor(synthetic, tiny_checkpoint,
     assert counts["plain"] == model.config.num_detections  # threshold 0: the model's output
     assert counts["nms"] < counts["plain"]
     assert counts["sliced"] > counts["nms"]  # tiles add detections the whole image lacks
+
+
+@pytest.mark.parametrize(("batch_size", "threads_in_forward"), [(1, 2), (2, 3)])
+def test_one_image_at_a_time_leaves_a_core_to_the_reading_threads(
+    synthetic, tiny_checkpoint, tmp_path, monkeypatch, batch_size, threads_in_forward
+) -> None:
+    """On a 3-core CPU with PyTorch on every core, batch size 1 runs the model on 2 threads
+    while the pipeline's threads read and write; the setting is restored afterwards."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    torch.set_num_threads(3)  # the one_thread fixture restores the caller's setting
+    model, categories = focus_detr.load_model(tiny_checkpoint, device="cpu")
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(torch.get_num_threads()))
+    predictor = focus_detr.Predictor(model, batch_size=batch_size)
+    focus_detr.predict_files(
+        predictor, categories, [synthetic.val_images], tmp_path / "out", progress=False
+    )
+    assert seen and set(seen) == {threads_in_forward}
+    assert torch.get_num_threads() == 3
