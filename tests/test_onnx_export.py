@@ -225,3 +225,33 @@ def test_focus_maps_ask_for_the_pytorch_checkpoint(exported, detector, synthetic
     assert not Path("unused").exists()
     with pytest.raises(TypeError, match="PyTorch FocusDETR"):
         focus_detr.compute_focus_maps(detector, random_images([(100, 120)]))
+
+
+def test_export_refuses_an_existing_file_unless_asked(exported, tmp_path, capsys) -> None:
+    earlier = tmp_path / "model.onnx"
+    earlier.write_bytes(b"an earlier export")
+    arguments = ["export", "--weights", str(exported.checkpoint), "--out", str(earlier)]
+    assert main(arguments) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert earlier.read_bytes() == b"an earlier export"
+
+
+def test_a_failed_export_leaves_the_earlier_file(exported, tmp_path, monkeypatch) -> None:
+    """The file is written beside the target, checked, then renamed over it."""
+
+    class BrokenProgram:
+        model = type("Model", (), {"metadata_props": {}})()
+
+        def save(self, path: str, external_data: bool) -> None:
+            Path(path).write_bytes(b"half an ONNX file")
+
+    monkeypatch.setattr(torch.export, "export", lambda *args, **kwargs: None)
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: BrokenProgram())
+    earlier = tmp_path / "model.onnx"
+    earlier.write_bytes(b"an earlier export")
+    import onnx
+
+    with pytest.raises(onnx.checker.ValidationError):
+        focus_detr.export_onnx(exported.model, earlier)
+    assert earlier.read_bytes() == b"an earlier export"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from focus_detr.cli import common
@@ -21,6 +22,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     common.add_model_source(parser, keep_ratio_help="encoder keep ratio to bake in")
     parser.add_argument("--out", required=True, help="output .onnx file")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)"
+    )
     parser.add_argument(
         "--opset", type=common.positive_int, default=18, help="ONNX opset, 16..23 (18)"
     )
@@ -55,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         raise common.UsageError("--weights is already an ONNX model; export a checkpoint")
     if not str(args.out).lower().endswith(".onnx"):
         raise common.UsageError(f"--out must name a .onnx file, got {args.out}")
+    if Path(args.out).exists() and not args.overwrite:
+        raise common.UsageError(
+            f"{args.out} exists; choose another --out or pass --overwrite to replace it"
+        )
     checkpoint = read_checkpoint(args.weights)
     payload: Any = {"model": checkpoint.state_dict, **checkpoint.metadata}
     model, categories = load_model(

@@ -182,8 +182,15 @@ def export_onnx(
     program.model.metadata_props.update(metadata.to_props())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path), external_data=False)
-    onnx.checker.check_model(str(path))
+    # written beside, checked, then renamed: an interrupted or failed export leaves any
+    # earlier file at `path` as it was
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        program.save(str(partial), external_data=False)
+        onnx.checker.check_model(str(partial))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return ExportReport(
         path=path,
         seconds=time.perf_counter() - started,
