@@ -1,8 +1,12 @@
-"""ONNX exports with dynamic sizes: zoo presets (synthesised release weights) and the quick-start
-model; and the corner-gather backend (slow: each export takes minutes on a CPU).
+"""ONNX exports with dynamic sizes: zoo presets and the quick-start model; and the corner-gather
+backend (slow: each export takes minutes on a CPU).
 
-The zoo weights are the parity fixtures' synthetic values, not trained ones: scores are close
-together, which makes the comparison strict (a small numerical change reorders detections).
+The zoo models carry their preset's own initialisation (seeded), not release-like synthetic
+values: with those, the two-stage proposal scores of these deep models are near ties, the order
+of the 900 proposals (query ``i`` pairs proposal ``i`` with content embedding ``i``) flips on
+float32 rounding, and PyTorch's float32 detections match its own float64 ones for only 40-70%
+of the top 50 on some images. With the initialisation, PyTorch float32, float64 and ONNX Runtime
+agree, as they do on trained models (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -19,24 +23,18 @@ pytest.importorskip("onnxruntime")
 import focus_detr
 from focus_detr.deploy.onnx_export import export_onnx
 from focus_detr.deploy.onnx_runtime import OnnxRuntimeDetector
-from focus_detr.parity import read_manifest, synthesize_state_dict, synthesize_tensor
-from tests.helpers import DATA, MANIFEST_OF_BACKBONE, MANIFESTS, randomize_
+from tests.helpers import DATA, randomize_
 from tests.onnx_checks import MIN_MATCHED, matched_fraction, random_images
 
 pytestmark = pytest.mark.slow
+
+# never seen by the exports; 150x230 puts a single window at Swin's last stage
+ZOO_SIZES = [(333, 517), (517, 333), (401, 602), (150, 230), (97, 1000)]
 
 
 def _photo(height: int, width: int) -> torch.Tensor:
     photo = Image.open(DATA / "dog.png").convert("RGB").resize((width, height))
     return torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).contiguous()
-
-
-def _zoo_model(preset: str) -> focus_detr.FocusDETR:
-    model = focus_detr.build_model(preset).eval()
-    manifest = read_manifest(MANIFESTS / MANIFEST_OF_BACKBONE[model.config.backbone])
-    state = synthesize_state_dict(manifest, make=lambda k, s: synthesize_tensor(k, s).float())
-    focus_detr.load_checkpoint(model, state)
-    return model
 
 
 def _assert_matches(model: focus_detr.FocusDETR, detector: OnnxRuntimeDetector, images) -> None:
@@ -55,35 +53,29 @@ def _assert_matches(model: focus_detr.FocusDETR, detector: OnnxRuntimeDetector, 
         "focus_detr_swin_base_384_4scale_22k_36ep",
     ],
 )
-def test_zoo_export_computes_the_token_scores_of_pytorch_at_unseen_sizes(preset, tmp_path) -> None:
-    """Backbone, neck and foreground scorer of the zoo architectures, at sizes the export never
-    saw: every token's foreground logit as PyTorch computes it (float32 rounding apart).
-
-    The detections themselves are not compared here: with synthetic (or random) weights the
-    scores of these deep models are near ties (0.9776 against 0.9775), and the top-k selections
-    flip on float32 rounding, PyTorch's own included: its float32 detections match its float64
-    ones by the issue's criterion for only 48-64% of the top 50 on some of these images, while
-    ONNX Runtime's token scores agree with PyTorch's to 2e-6. End-to-end detections are compared
-    on a trained model (docs/deploy.md) and on the quick-start architecture with random weights,
-    whose scores are not tied (``test_onnx_export.py``, ``test_dynamic_export_...`` below).
-    """
-    model = _zoo_model(preset)
+def test_zoo_export_matches_pytorch_at_unseen_sizes(preset, tmp_path) -> None:
+    """The issue's criterion on the zoo architectures: every image's top-50 detections, and
+    every token's foreground logit, at sizes the export never saw; a padded batch gives each
+    image its own result."""
+    torch.manual_seed(0)
+    model = focus_detr.build_model(preset).eval()
     report = export_onnx(model, tmp_path / "model.onnx", preset=preset, foreground_scores=True)
     detector = OnnxRuntimeDetector.open(report.path)
     assert detector.metadata.preset == preset
     assert detector.metadata.outputs[-1] == "foreground_logits"
-    for size in [(333, 517), (517, 333), (401, 602)]:
-        photo = _photo(*size)
+    photos = [_photo(*size) for size in ZOO_SIZES]
+    for size, photo in zip(ZOO_SIZES, photos):
         with torch.no_grad():
             expected = model([photo], raw=True).foreground_logits[0]
-        pixels = photo[None].numpy()
-        sizes = np.array([size], dtype=np.int64)
-        feeds = {"images": pixels, "image_sizes": sizes}
+        feeds = {"images": photo[None].numpy(), "image_sizes": np.array([size], dtype=np.int64)}
         (found,) = detector.session.run(["foreground_logits"], feeds)
         scale = float(expected.abs().max())
         torch.testing.assert_close(torch.from_numpy(found[0]), expected, rtol=0, atol=1e-4 * scale)
-        detections = detector([photo])[0]
-        assert 0 < len(detections["scores"]) <= model.config.num_detections
+        _assert_matches(model, detector, [photo])
+    _assert_matches(model, detector, random_images(ZOO_SIZES[:2], seed=1))
+    batch = photos[:4]
+    for photo, in_batch in zip(batch, detector(batch)):
+        assert matched_fraction(detector([photo])[0], in_batch) >= MIN_MATCHED
 
 
 def test_dynamic_export_matches_pytorch_at_unseen_sizes(tmp_path) -> None:

@@ -24,7 +24,6 @@ Without padding none of this runs: the forward is the plain Swin computation.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -42,6 +41,7 @@ from focus_detr.models.swin_layers import (
     MASK_VALUE,
     PatchMerging,
     SwinBlock,
+    num_windows,
     outside_canvas_key_mask,
     shifted_window_mask,
 )
@@ -129,8 +129,8 @@ class SwinStage(nn.Module):
         window = self.window_size
         if self.shift_size == 0 or len(self.blocks) < 2:
             return None
-        padded_height = math.ceil(features.shape[1] / window) * window
-        padded_width = math.ceil(features.shape[2] / window) * window
+        padded_height = num_windows(features.shape[1], window) * window
+        padded_width = num_windows(features.shape[2], window) * window
         mask = shifted_window_mask(padded_height, padded_width, window, self.shift_size, features)
         mask = mask.unsqueeze(0)
         if padding_mask is None or valid_sizes is None:
@@ -154,7 +154,8 @@ class PatchEmbedding(nn.Module):
     def forward(self, pixels: Tensor) -> Tensor:
         """``[B, 3, H, W]`` -> ``[B, ceil(H / 4), ceil(W / 4), C]`` (input zero-padded to x4)."""
         height, width = pixels.shape[-2:]
-        pixels = F.pad(pixels, (0, (-width) % PATCH_SIZE, 0, (-height) % PATCH_SIZE))
+        rows, cols = num_windows(height, PATCH_SIZE), num_windows(width, PATCH_SIZE)
+        pixels = F.pad(pixels, (0, cols * PATCH_SIZE - width, 0, rows * PATCH_SIZE - height))
         return self.norm(self.proj(pixels).permute(0, 2, 3, 1))
 
 

@@ -40,26 +40,56 @@ class DropPath(nn.Module):
         return f"probability={self.probability:.3f}"
 
 
+def num_windows(length: int, window_size: int) -> int:
+    """Windows along an axis of ``length`` positions: ``ceil(length / window_size)``.
+
+    Written as one floor division so that, while ``torch.export`` traces, every size derived
+    from it stays a short expression the tracer can reason about (``math.ceil`` or
+    ``length + (-length) % w`` grow nested expressions that take it hours on Swin).
+    """
+    return (length + window_size - 1) // window_size
+
+
+def pad_to_windows(features: Tensor, window_size: int) -> Tensor:
+    """Zero-pad ``[B, H, W, C]`` at the bottom/right to whole windows."""
+    height, width = features.shape[1:3]
+    rows, cols = num_windows(height, window_size), num_windows(width, window_size)
+    return F.pad(features, (0, 0, 0, cols * window_size - width, 0, rows * window_size - height))
+
+
 def window_partition(features: Tensor, window_size: int) -> Tensor:
     """Split ``[B, H, W, C]`` (H, W multiples of the window) into ``[B * nW, w * w, C]``.
 
     Windows are ordered image-major, then row-major over the window grid.
     """
     batch, height, width, channels = features.shape
-    grid = features.view(
-        batch, height // window_size, window_size, width // window_size, window_size, channels
-    )
+    rows, cols = height // window_size, width // window_size
+    grid = features.view(batch, rows, window_size, cols, window_size, channels)
     windows = grid.permute(0, 1, 3, 2, 4, 5).contiguous()
-    return windows.view(-1, window_size * window_size, channels)
+    return windows.view(batch * rows * cols, window_size * window_size, channels)
 
 
 def window_merge(windows: Tensor, window_size: int, height: int, width: int) -> Tensor:
     """Inverse of :func:`window_partition`: ``[B * nW, w * w, C]`` -> ``[B, H, W, C]``."""
     channels = windows.shape[-1]
-    grid = windows.view(
-        -1, height // window_size, width // window_size, window_size, window_size, channels
-    )
-    return grid.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, height, width, channels)
+    rows, cols = height // window_size, width // window_size
+    batch = windows.shape[0] // (rows * cols)
+    grid = windows.view(batch, rows, cols, window_size, window_size, channels)
+    merged = grid.permute(0, 1, 3, 2, 4, 5).contiguous()
+    return merged.view(batch, rows * window_size, cols * window_size, channels)
+
+
+def crop(features: Tensor, height: int, width: int) -> Tensor:
+    """The top-left ``[B, height, width, C]`` of ``[B, H, W, C]`` (contiguous).
+
+    Under export the crop gathers rows and columns: a slice would make the tracer prove
+    ``height <= H`` for every input size, which it cannot for window-padded sizes.
+    """
+    if not is_exporting():
+        return features[:, :height, :width].contiguous()
+    rows = torch.arange(height, device=features.device)
+    cols = torch.arange(width, device=features.device)
+    return features.index_select(1, rows).index_select(2, cols)
 
 
 def relative_position_index(window_size: int) -> Tensor:
@@ -146,8 +176,9 @@ class WindowAttention(nn.Module):
         bias = bias.view(num_tokens, num_tokens, -1).permute(2, 0, 1).contiguous()
         logits = logits + bias.unsqueeze(0)
         if attention_mask is not None:
-            num_windows = attention_mask.shape[1]
-            grouped = logits.view(-1, num_windows, self.num_heads, num_tokens, num_tokens)
+            windows_per_image = attention_mask.shape[1]
+            batch = num_windows_total // windows_per_image
+            grouped = logits.view(batch, windows_per_image, self.num_heads, num_tokens, num_tokens)
             logits = (grouped + attention_mask.unsqueeze(2)).view_as(logits)
         weights = logits.softmax(dim=-1)
         attended = (weights @ value).transpose(1, 2).reshape(num_windows_total, num_tokens, -1)
@@ -202,7 +233,7 @@ class SwinBlock(nn.Module):
         normed = self.norm1(features)
         if padding_mask is not None:
             normed = normed.masked_fill(padding_mask[..., None], 0.0)
-        normed = F.pad(normed, (0, 0, 0, (-width) % window, 0, (-height) % window))
+        normed = pad_to_windows(normed, window)
         padded_height, padded_width = normed.shape[1:3]
         if shift > 0:
             normed = torch.roll(normed, shifts=(-shift, -shift), dims=(1, 2))
@@ -210,7 +241,7 @@ class SwinBlock(nn.Module):
         attended = window_merge(windows, window, padded_height, padded_width)
         if shift > 0:
             attended = torch.roll(attended, shifts=(shift, shift), dims=(1, 2))
-        attended = attended[:, :height, :width].contiguous()
+        attended = crop(attended, height, width)
         features = features + self.drop_path(attended)
         return features + self.drop_path(self.mlp(self.norm2(features)))
 
@@ -227,17 +258,12 @@ class PatchMerging(nn.Module):
         """``[B, H, W, C]`` -> ``[B, ceil(H / 2), ceil(W / 2), 2C]`` (odd sizes zero-padded)."""
         if padding_mask is not None:
             features = features.masked_fill(padding_mask[..., None], 0.0)
-        height, width = features.shape[1:3]
-        # under export the parity of the size is unknown: pad by 0 or 1 in the graph
-        if is_exporting() or height % 2 == 1 or width % 2 == 1:
-            features = F.pad(features, (0, 0, 0, width % 2, 0, height % 2))
-        merged = torch.cat(
-            [
-                features[:, 0::2, 0::2],
-                features[:, 1::2, 0::2],
-                features[:, 0::2, 1::2],
-                features[:, 1::2, 1::2],
-            ],
-            dim=-1,
-        )
+        batch, height, width, channels = features.shape
+        rows, cols = num_windows(height, 2), num_windows(width, 2)
+        if is_exporting() or height % 2 == 1 or width % 2 == 1:  # exporting: parity unknown
+            features = F.pad(features, (0, 0, 0, 2 * cols - width, 0, 2 * rows - height))
+        # each 2x2 neighbourhood's channels in Swin's order of (row, col) offsets:
+        # (0, 0), (1, 0), (0, 1), (1, 1)
+        quads = features.reshape(batch, rows, 2, cols, 2, channels).permute(0, 1, 3, 4, 2, 5)
+        merged = quads.reshape(batch, rows, cols, 4 * channels)
         return self.reduction(self.norm(merged))
