@@ -68,6 +68,7 @@ def session(tmp_path_factory) -> tuple[SwinTransformer, ort.InferenceSession]:
         opset=18,
         input_names=["pixels", "image_sizes"],
         output_names=["stride8", "stride16", "stride32"],
+        unproven_shape_facts=swin.export_has_unproven_shape_facts,
     )
     path = tmp_path_factory.mktemp("swin") / "swin.onnx"
     program.save(str(path))

@@ -145,6 +145,9 @@ def export_onnx(
             opset=opset,
             input_names=INPUT_NAMES,
             output_names=outputs,
+            unproven_shape_facts=bool(
+                getattr(model.backbone, "export_has_unproven_shape_facts", False)
+            ),
         )
     names = list(class_names or [f"class {i}" for i in range(model.num_classes)])
     metadata = DeploymentMetadata(
@@ -191,15 +194,18 @@ def trace_to_onnx(
     opset: int,
     input_names: Sequence[str],
     output_names: Sequence[str],
+    unproven_shape_facts: bool = False,
 ) -> Any:
     """``torch.export`` of ``module`` for every shape ``dynamic_shapes`` allows, translated to
     an ``onnx`` program (``torch.onnx.ONNXProgram``).
 
-    Shape facts the tracer cannot prove for the whole range (``rows * cols != cols`` of a Swin
-    window grid, whose sizes are nested floor divisions of the input size) are kept as run-time
-    checks instead of failing the export; they only choose PyTorch memory layouts, and the
-    ONNX translation, whose ops have no layouts, drops them. The tests run the graphs at sizes
-    where such facts are false (a single window).
+    By default the export fails when the trace depends on a shape fact that the tracer cannot
+    prove for the whole range: the graph would be specialised to the example's sizes.
+    ``unproven_shape_facts=True`` keeps such facts as run-time checks instead, for modules
+    whose facts are known to only choose PyTorch memory layouts (``rows * cols != cols`` of a
+    Swin window grid, whose sizes are nested floor divisions of the input size); the ONNX
+    translation, whose ops have no layouts, drops the checks. Their tests run the graphs at
+    sizes where the facts are false (a single window).
     """
     with _lean_tracing(), torch.no_grad():
         exported = torch.export.export(
@@ -207,7 +213,7 @@ def trace_to_onnx(
             example,
             dynamic_shapes=tuple(dynamic_shapes),
             strict=False,
-            prefer_deferred_runtime_asserts_over_guards=True,
+            prefer_deferred_runtime_asserts_over_guards=unproven_shape_facts,
         )
     program = torch.onnx.export(
         exported,

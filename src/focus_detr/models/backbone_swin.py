@@ -166,7 +166,12 @@ class SwinTransformer(nn.Module):
         out_indices: stages whose outputs are returned, each through LayerNorm ``norm{i}``.
         out_channels: channels of each returned map, ``embed_dim * 2 ** i``.
         strides: pixel stride of each returned map, ``4 * 2 ** i``.
+        export_has_unproven_shape_facts: the ONNX export traces it with facts about its window
+            grids that PyTorch's tracer cannot prove for every size, and that only choose
+            memory layouts (see :func:`focus_detr.deploy.onnx_export.trace_to_onnx`).
     """
+
+    export_has_unproven_shape_facts = True
 
     def __init__(
         self,
