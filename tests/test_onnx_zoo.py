@@ -80,7 +80,7 @@ def test_zoo_export_matches_pytorch_at_unseen_sizes(preset, tmp_path) -> None:
 
 def test_dynamic_export_matches_pytorch_at_unseen_sizes(tmp_path) -> None:
     """The quick-start model with dynamic batch, height and width: token budgets, cascade and
-    masks come from the inputs at every size (the export traced 293x357 and 243x267)."""
+    masks come from the inputs at every size (the export traced 549x613 and 499x523)."""
     model = randomize_(focus_detr.build_model("focus_detr_tiny"), seed=4).eval()
     report = export_onnx(model, tmp_path / "dynamic.onnx")
     detector = OnnxRuntimeDetector.open(report.path)

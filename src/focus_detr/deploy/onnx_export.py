@@ -44,6 +44,8 @@ DEFAULT_OPSET = 18
 #: GridSample needs opset 16; the ONNX standard stops at 23 for now.
 OPSET_RANGE = (16, 23)
 MAX_BATCH = 1024
+#: 512 / 32 = 16 positions at Swin's last stage: more than one of its largest windows (12)
+EXAMPLE_MIN_SIDE = 512
 
 
 class DeploymentGraph(nn.Module):
@@ -281,8 +283,13 @@ def _import_onnx() -> Any:
 def _example_inputs(
     min_side: int, static_size: tuple[int, int] | None, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """Two images of different sizes (values do not matter: the trace keeps no value)."""
-    height, width = static_size or (2 * min_side + 37, 2 * min_side + 101)
+    """Two images of different sizes (values do not matter: the trace keeps no value).
+
+    Dynamic exports trace canvases of at least ``EXAMPLE_MIN_SIDE`` pixels, so that the
+    example puts every Swin stage at two windows or more (a size of 1 would be specialised).
+    """
+    side = max(2 * min_side, EXAMPLE_MIN_SIDE)
+    height, width = static_size or (side + 37, side + 101)
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8, generator=generator)
     sizes = torch.tensor([[height, width], [max(1, height - 50), max(1, width - 90)]])
