@@ -111,11 +111,15 @@ _REDUCED_PRECISION_CASES = {
 
 
 def _reference(
-    inputs: dict[str, torch.Tensor], requires_grad: tuple[str, ...], implementation: str
+    inputs: dict[str, torch.Tensor],
+    requires_grad: tuple[str, ...],
+    implementation: str,
+    dtype: torch.dtype = torch.float64,
 ) -> dict[str, torch.Tensor]:
-    """Output and gradients of a PyTorch path, computed in float64."""
+    """Output and gradients of a PyTorch path, computed in ``dtype`` (float64 by default)."""
     leaves = {
-        key: inputs[key].double().requires_grad_(key in requires_grad) for key in _DIFFERENTIABLE
+        key: inputs[key].to(dtype, copy=True).requires_grad_(key in requires_grad)
+        for key in _DIFFERENTIABLE
     }
     if implementation == "gather":
         output = deformable_attention_gather(
@@ -127,7 +131,7 @@ def _reference(
             leaves["value"], inputs["spatial_shapes"], leaves["sampling_locations"],
             leaves["attention_weights"],
         )  # fmt: skip
-    output.backward(inputs["grad_output"].double())
+    output.backward(inputs["grad_output"].to(dtype))
     result = {"output": output.detach()}
     result.update({f"grad_{key}": leaves[key].grad for key in requires_grad})
     return result
@@ -354,13 +358,23 @@ def _triton_on(
 def test_cuda_float32_matches_gather(
     level_shapes: list[tuple[int, int]], num_queries: int, head_dim: int
 ) -> None:
+    """As accurate as PyTorch's own float32 path, both measured against float64.
+
+    A fixed tolerance does not fit: at the R-50 level sizes the location gradients reach ~4e3
+    (scaled by the map widths) and the float32 gather path itself is 2e-2 off there.
+    """
     inputs = deformable_attention_inputs(level_shapes, 2, num_queries, 8, head_dim, 4, seed=5)
     expected = _reference(_cuda(inputs, torch.float64), _DIFFERENTIABLE, "gather")
+    pytorch_float32 = _reference(
+        _cuda(inputs, torch.float32), _DIFFERENTIABLE, "gather", torch.float32
+    )
     actual = _triton_on(_cuda(inputs, torch.float32), _DIFFERENTIABLE)
     for key, expected_tensor in expected.items():
         assert actual[key].dtype == torch.float32
-        # atomics reorder the grad_value sums; float32 accumulation over many samples
-        torch.testing.assert_close(actual[key].double(), expected_tensor, rtol=1e-4, atol=1e-4)
+        error = (actual[key].double() - expected_tensor).abs().max().item()
+        pytorch_error = (pytorch_float32[key].double() - expected_tensor).abs().max().item()
+        # atomics reorder the grad_value sums: allow twice PyTorch's error, or 1e-6 of the scale
+        assert error <= max(2 * pytorch_error, 1e-6 * expected_tensor.abs().max().item()), key
 
 
 @pytest.mark.gpu

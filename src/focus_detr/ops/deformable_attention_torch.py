@@ -146,8 +146,23 @@ def deformable_attention_gather(
     rows, weights = bilinear_corner_indices_and_weights(
         shapes, sampling_locations, attention_weights, num_heads
     )
-    out = F.embedding_bag(rows, table, per_sample_weights=weights.to(table.dtype), mode="sum")
+    weights = weights.to(table.dtype)
+    if _needs_float32_backward(table, weights):
+        out = F.embedding_bag(rows, table.float(), per_sample_weights=weights.float(), mode="sum")
+        return out.to(value.dtype).view(batch, num_queries, num_heads * head_dim)
+    out = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
     return out.view(batch, num_queries, num_heads * head_dim)
+
+
+def _needs_float32_backward(table: Tensor, weights: Tensor) -> bool:
+    """CUDA's ``embedding_bag`` has no bfloat16 backward for ``per_sample_weights`` (PyTorch
+    2.11-2.14): such a differentiable call runs in float32 and casts back."""
+    return (
+        table.is_cuda
+        and table.dtype == torch.bfloat16
+        and torch.is_grad_enabled()
+        and (table.requires_grad or weights.requires_grad)
+    )
 
 
 def deformable_attention_grid_sample(
