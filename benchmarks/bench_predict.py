@@ -36,8 +36,8 @@ import torch
 import focus_detr
 from focus_detr.io import list_image_files, read_image
 from focus_detr.ops.boxes import box_iou
-from focus_detr.predict import predict_files
-from focus_detr.visualize import draw_detections, save_image
+from focus_detr.predict.draw import draw_detections, save_image
+from focus_detr.predict.run import predict_files
 
 CELL = 256  # mosaic cell: the val images are 160-256 pixels
 

@@ -45,7 +45,7 @@ def dog_image() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def r50_float64() -> focus_detr.FocusDETR:
     """R-50 Focus-DETR in float64 with the fixtures' synthetic detrex weights."""
-    from focus_detr.parity import read_manifest, synthesize_state_dict
+    from focus_detr.weights.parity import read_manifest, synthesize_state_dict
 
     model = focus_detr.build_model("focus_detr_r50_4scale_12ep", dtype=torch.float64).eval()
     state = synthesize_state_dict(read_manifest(MANIFESTS / "focus_detr_r50.json.gz"))

@@ -401,7 +401,7 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, **model: object) -> Path:
     random-weight tiny model resizing to 64/96: what ``predict --weights`` reads."""
     from focus_detr.config import config_to_dict
     from focus_detr.data.synthetic import CATEGORY_NAMES
-    from focus_detr.engine.checkpointing import save_model
+    from focus_detr.engine.training_checkpoint import save_model
     from focus_detr.models.build import build_model
 
     settings: dict[str, object] = {"num_classes": 8, "test_min_size": 64, "test_max_size": 96}

@@ -10,8 +10,8 @@ from torch import nn
 import focus_detr
 from focus_detr.benchmark.flops import count_operations
 from focus_detr.cli import main
+from focus_detr.models.stages import stage
 from focus_detr.ops.deformable_attention_torch import deformable_attention_gather
-from focus_detr.profiling import stage
 from tests.helpers import tiny_config
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import focus_detr
-from focus_detr.checkpoint import CheckpointError, download, read_checkpoint
-from focus_detr.convert import detrex_to_native, native_to_detrex
-from focus_detr.parity import read_manifest, synthesize_state_dict
+from focus_detr.weights.checkpoint import CheckpointError, download, read_checkpoint
+from focus_detr.weights.detrex import detrex_to_native, native_to_detrex
+from focus_detr.weights.parity import read_manifest, synthesize_state_dict
 from tests.helpers import MANIFESTS, randomize_, tiny_config
 
 

@@ -16,9 +16,9 @@ import torch
 
 from focus_detr.cli import main
 from focus_detr.data import CocoDetection
+from focus_detr.data.categories import Categories
 from focus_detr.engine.trainer import Trainer
 from focus_detr.errors import DatasetError
-from focus_detr.inference import Categories
 from tests.helpers import make_synthetic, tiny_recipe, train_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from focus_detr.checkpoint import CheckpointError, download, read_checkpoint
 from focus_detr.cli import main
+from focus_detr.weights.checkpoint import CheckpointError, download, read_checkpoint
 
 
 def _checkpoint_bytes() -> bytes:

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from focus_detr.engine import trainer as trainer_module
+from focus_detr.engine.coco_metrics import STAT_NAMES, CocoEvaluation
 from focus_detr.engine.ema import ModelEMA
-from focus_detr.engine.evaluation import STAT_NAMES, CocoEvaluation
 from focus_detr.engine.metrics_log import read_metrics
 from focus_detr.engine.trainer import Trainer
 from tests.helpers import max_difference, tiny_recipe, train_set, val_set

@@ -18,7 +18,7 @@ from torch import nn
 from focus_detr.cli import main
 from focus_detr.config import LossConfig, ModelConfig
 from focus_detr.data.coco import CocoDetection
-from focus_detr.engine.evaluation import STAT_NAMES
+from focus_detr.engine.coco_metrics import STAT_NAMES
 from focus_detr.engine.evaluator import evaluate
 from focus_detr.engine.trainer import Trainer
 from tests.helpers import tiny_recipe, train_set, val_set

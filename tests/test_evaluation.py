@@ -14,7 +14,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from focus_detr.engine.evaluation import (
+from focus_detr.engine.coco_metrics import (
     STAT_NAMES,
     evaluate_detections,
     to_coco_results,

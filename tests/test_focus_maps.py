@@ -11,8 +11,8 @@ from PIL import Image
 
 import focus_detr
 from focus_detr.cli import main
-from focus_detr.focus_maps import compute_focus_maps
-from focus_detr.visualize_focus import draw_focus_map
+from focus_detr.predict.draw_focus import draw_focus_map
+from focus_detr.predict.focus_maps import compute_focus_maps
 from tests.helpers import predict_arguments, random_image, randomize_, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,7 +16,7 @@ import torch
 from focus_detr.cli import main
 from focus_detr.data import CocoDetection, detect_format, discover_splits, load_dataset
 from focus_detr.data.synthetic import SyntheticYoloPaths, generate_synthetic_yolo
-from focus_detr.engine.evaluation import evaluate_detections
+from focus_detr.engine.coco_metrics import evaluate_detections
 from focus_detr.errors import DatasetError
 from tests.helpers import stub_detections, write_voc
 
@@ -203,7 +203,7 @@ def test_convert_writes_one_split_to_a_file(yolo, converted, tmp_path, capsys):
 
 def test_eval_command_reads_every_format_alike(yolo, converted, voc, tmp_path, capsys):
     from focus_detr.config import config_to_dict
-    from focus_detr.engine.checkpointing import save_model
+    from focus_detr.engine.training_checkpoint import save_model
     from focus_detr.models.build import build_model
     from tests.helpers import tiny_recipe
 

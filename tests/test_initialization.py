@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import focus_detr
-from focus_detr.checkpoint import CheckpointError
 from focus_detr.cli import main
-from focus_detr.coco_metadata import COCO_CLASS_NAMES
 from focus_detr.config import config_to_dict
-from focus_detr.convert import detrex_to_native
-from focus_detr.engine.checkpointing import save_model
+from focus_detr.data.coco_metadata import COCO_CLASS_NAMES
 from focus_detr.engine.initialization import CLASS_DEPENDENT, read_init_source
+from focus_detr.engine.training_checkpoint import save_model
 from focus_detr.models.build import build_model
+from focus_detr.weights.checkpoint import CheckpointError
+from focus_detr.weights.detrex import detrex_to_native
 from tests.helpers import MANIFESTS, randomize_, tiny_config, tiny_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,7 +78,7 @@ def test_other_widths_are_reinitialised_and_nothing_fitting_is_an_error():
 @pytest.fixture(scope="module")
 def detrex_release(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     """A detrex R-50 release zip with synthetic weights, and its state dict (native keys)."""
-    from focus_detr.parity import read_manifest, synthesize_state_dict
+    from focus_detr.weights.parity import read_manifest, synthesize_state_dict
 
     generator = torch.Generator().manual_seed(0)
     state = synthesize_state_dict(

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import focus_detr
-from focus_detr.parity import (
+from focus_detr.weights.parity import (
     compare_with_reference,
     preset_for_config,
     read_manifest,

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from focus_detr.cli import main
-from focus_detr.parity import read_manifest, synthesize_state_dict, synthesize_tensor
+from focus_detr.weights.parity import read_manifest, synthesize_state_dict, synthesize_tensor
 from tests.helpers import DATA, MANIFESTS
 
 

@@ -14,7 +14,7 @@ import torch
 import focus_detr
 from focus_detr.cli import main
 from focus_detr.io import list_image_files
-from focus_detr.predict import predict_files
+from focus_detr.predict.run import predict_files
 from tests.helpers import predict_arguments, read_json_lines
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,11 +159,11 @@ def test_predictions_match_the_model(photos, tiny_checkpoint, tmp_path) -> None:
 def test_ctrl_c_on_the_command_line_says_where_the_results_are(
     photos, tiny_checkpoint, tmp_path, monkeypatch, capsys
 ) -> None:
-    import focus_detr.predict
+    import focus_detr.predict.run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(focus_detr.predict, "run_prediction", interrupted)
+    monkeypatch.setattr(focus_detr.predict.run, "run_prediction", interrupted)
     assert main(predict_arguments([photos], tmp_path / "out", tiny_checkpoint)) == 130
     assert "interrupted: the results so far are in" in capsys.readouterr().err

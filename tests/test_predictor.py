@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import focus_detr
-from focus_detr.slicing import Slicing, Window
+from focus_detr.predict.slicing import Slicing, Window
 from tests.helpers import random_image, randomize_, tiny_config
 
 WHITE = 255

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import focus_detr
-from focus_detr.parity import read_manifest, synthesize_state_dict
 from focus_detr.presets import ZOO, get_preset, preset_names
+from focus_detr.weights.parity import read_manifest, synthesize_state_dict
 from tests.helpers import MANIFEST_OF_BACKBONE, MANIFESTS
 
 
@@ -29,7 +29,7 @@ def test_preset_loads_detrex_state_dict_strictly(name: str) -> None:
 
 
 def test_predictor_resizes_to_the_recipe_of_the_model() -> None:
-    from focus_detr.inference import Predictor
+    from focus_detr.predict.predictor import Predictor
 
     tiny = focus_detr.build_model("focus_detr_tiny")  # trained and evaluated at 192/320
     image = torch.zeros(3, 300, 900, dtype=torch.uint8)

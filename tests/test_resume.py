@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from focus_detr.engine.checkpointing import load_resume_checkpoint
 from focus_detr.engine.trainer import Trainer
+from focus_detr.engine.training_checkpoint import load_resume_checkpoint
 from tests.helpers import (
     final_parameters,
     max_difference,
@@ -68,7 +68,7 @@ def test_resume_falls_back_to_the_previous_checkpoint(synthetic, tmp_path):
 
 
 def test_resume_refuses_another_architecture(synthetic, tmp_path):
-    from focus_detr.checkpoint import CheckpointError
+    from focus_detr.weights.checkpoint import CheckpointError
 
     config = _recipe()
     dataset = train_set(synthetic, config)

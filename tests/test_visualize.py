@@ -1,4 +1,4 @@
-"""Tests for focus_detr.visualize (drawing, saving) and focus_detr.coco_metadata."""
+"""Tests for focus_detr.predict.draw (drawing, saving) and focus_detr.data.coco_metadata."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from focus_detr.coco_metadata import (
+from focus_detr.data.coco_metadata import (
     COCO_CATEGORY_IDS,
     COCO_CLASS_NAMES,
     NUM_COCO_CLASSES,
@@ -17,7 +17,7 @@ from focus_detr.coco_metadata import (
     coco_label,
 )
 from focus_detr.io import read_image
-from focus_detr.visualize import class_color, draw_detections, save_image
+from focus_detr.predict.draw import class_color, draw_detections, save_image
 
 GREY = 128
 

@@ -20,9 +20,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "CheckpointError": "focus_detr.checkpoint",
-    "LoadReport": "focus_detr.checkpoint",
-    "load_checkpoint": "focus_detr.checkpoint",
+    "CheckpointError": "focus_detr.weights.checkpoint",
+    "LoadReport": "focus_detr.weights.checkpoint",
+    "load_checkpoint": "focus_detr.weights.checkpoint",
     "Config": "focus_detr.config",
     "ConfigError": "focus_detr.config",
     "LossConfig": "focus_detr.config",
@@ -32,28 +32,30 @@ _EXPORTS = {
     "evaluate": "focus_detr.engine.evaluator",
     "InitReport": "focus_detr.engine.initialization",
     "initialize_from": "focus_detr.engine.initialization",
-    "FocusMap": "focus_detr.focus_maps",
-    "compute_focus_maps": "focus_detr.focus_maps",
+    "FocusMap": "focus_detr.predict.focus_maps",
+    "compute_focus_maps": "focus_detr.predict.focus_maps",
     "train": "focus_detr.engine.trainer",
     "export_onnx": "focus_detr.deploy.onnx_export",
-    "Predictor": "focus_detr.inference",
-    "load_model": "focus_detr.inference",
+    "Predictor": "focus_detr.predict.predictor",
+    "load_model": "focus_detr.predict.detector",
+    "Detector": "focus_detr.predict.detector",
     "to_supervision": "focus_detr.integrations.supervision",
     "build_model": "focus_detr.models.build",
     "FocusDETR": "focus_detr.models.detector",
     "Preset": "focus_detr.presets",
     "get_preset": "focus_detr.presets",
-    "predict_files": "focus_detr.predict",
+    "predict_files": "focus_detr.predict.run",
     "preset_names": "focus_detr.presets",
     "FocusDETROutput": "focus_detr.structures",
     "ImageBatch": "focus_detr.structures",
-    "draw_focus_map": "focus_detr.visualize_focus",
+    "draw_focus_map": "focus_detr.predict.draw_focus",
 }
 
 __all__ = [
     "CheckpointError",
     "Config",
     "ConfigError",
+    "Detector",
     "FocusDETR",
     "FocusDETROutput",
     "FocusMap",
@@ -83,22 +85,23 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from focus_detr.checkpoint import CheckpointError, LoadReport, load_checkpoint
     from focus_detr.config import Config, ConfigError, LossConfig, ModelConfig, TrainConfig
     from focus_detr.data.discovery import load_dataset
     from focus_detr.deploy.onnx_export import export_onnx
     from focus_detr.engine.evaluator import evaluate
     from focus_detr.engine.initialization import InitReport, initialize_from
     from focus_detr.engine.trainer import train
-    from focus_detr.focus_maps import FocusMap, compute_focus_maps
-    from focus_detr.inference import Predictor, load_model
     from focus_detr.integrations.supervision import to_supervision
     from focus_detr.models.build import build_model
     from focus_detr.models.detector import FocusDETR
-    from focus_detr.predict import predict_files
+    from focus_detr.predict.detector import Detector, load_model
+    from focus_detr.predict.draw_focus import draw_focus_map
+    from focus_detr.predict.focus_maps import FocusMap, compute_focus_maps
+    from focus_detr.predict.predictor import Predictor
+    from focus_detr.predict.run import predict_files
     from focus_detr.presets import Preset, get_preset, preset_names
     from focus_detr.structures import FocusDETROutput, ImageBatch
-    from focus_detr.visualize_focus import draw_focus_map
+    from focus_detr.weights.checkpoint import CheckpointError, LoadReport, load_checkpoint
 
 
 def __getattr__(name: str) -> Any:

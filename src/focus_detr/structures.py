@@ -14,6 +14,27 @@ import torch
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a runtime of the detector offers beyond detecting (see
+    :class:`focus_detr.predict.Detector`).
+
+    Attributes:
+        runtime: its name: ``torch``, ``onnxruntime``, ``openvino``.
+        raw_outputs: ``model(images, raw=True)`` returns a :class:`FocusDETROutput` (every
+            intermediate result: focus maps, foreground scores, the encoder's token trace).
+        adjustable_keep_ratio: ``set_keep_ratio`` changes the token budget; exported graphs
+            computed it at export and refuse.
+        torch_threads: the work runs on PyTorch's CPU thread pool (``torch.set_num_threads``
+            applies to it).
+    """
+
+    runtime: str
+    raw_outputs: bool = False
+    adjustable_keep_ratio: bool = False
+    torch_threads: bool = False
+
+
 @dataclass
 class ImageBatch:
     """Images padded at the bottom/right to a common size.

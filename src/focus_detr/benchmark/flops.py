@@ -26,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from focus_detr.profiling import listening
+from focus_detr.models.stages import listening
 
 aten = torch.ops.aten
 

@@ -24,7 +24,7 @@ from focus_detr.config import LossConfig
 from focus_detr.losses import build_criterion, prepare_targets
 from focus_detr.models.build import build_model
 from focus_detr.models.detector import FocusDETR
-from focus_detr.profiling import STAGES
+from focus_detr.models.stages import STAGES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BACKENDS = ("torch", "onnxruntime")
@@ -133,7 +133,7 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkReport:
     dtype = DTYPES[settings.dtype]
     model = build_model(settings.preset).to(device).eval()
     if settings.weights:
-        from focus_detr.checkpoint import load_checkpoint
+        from focus_detr.weights.checkpoint import load_checkpoint
 
         load_checkpoint(model, settings.weights)
     images = _random_images(settings, device)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from focus_detr.profiling import listening
+from focus_detr.models.stages import listening
 
 
 @dataclass

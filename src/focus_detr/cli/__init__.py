@@ -31,12 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``focus-detr`` console script."""
     args = build_parser().parse_args(argv)
-    from focus_detr.checkpoint import CheckpointError
     from focus_detr.config import ConfigError
     from focus_detr.engine.distributed import DistributedError
     from focus_detr.engine.step import NonFiniteLossError
     from focus_detr.errors import DatasetError
     from focus_detr.io import ImageReadError
+    from focus_detr.weights.checkpoint import CheckpointError
 
     try:
         _check_device(getattr(args, "device", None))

@@ -26,6 +26,10 @@ __all__ = [
 
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".zip", ".safetensors", ".bin", ".ckpt")
 
+#: ``focus_detr.predict.RUNTIMES`` by name (kept here so that the parser imports no torch;
+#: a test checks that they agree).
+RUNTIME_NAMES = ("torch", "onnxruntime", "openvino")
+
 
 def default_device() -> str:
     """``cuda`` when a GPU is usable, else ``cpu``."""
@@ -107,10 +111,22 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 def add_model_source(parser: argparse.ArgumentParser, *, keep_ratio_help: str) -> None:
     """``--weights`` / ``--preset`` / ``--keep-ratio``: which model, and its token budget."""
     parser.add_argument(
-        "--weights", required=True, help="checkpoint (path, .zip or URL) or an exported .onnx"
+        "--weights",
+        required=True,
+        help="checkpoint (path, .zip or URL), or an exported .onnx / OpenVINO .xml",
     )
     parser.add_argument("--preset", help="model preset (required for detrex releases)")
     parser.add_argument("--keep-ratio", type=keep_ratio, help=keep_ratio_help)
+
+
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """``--backend``: the runtime (default: chosen from the weights file)."""
+    parser.add_argument(
+        "--backend",
+        choices=RUNTIME_NAMES,
+        help="runtime (default: from --weights: .onnx ONNX Runtime, .xml OpenVINO, else "
+        "PyTorch); openvino also runs a .onnx file",
+    )
 
 
 def add_batch_size(parser: argparse.ArgumentParser, help: str = "images per forward") -> None:

@@ -21,6 +21,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Evaluate weights on a split of a dataset folder; prints the COCO table.",
     )
     common.add_model_source(parser, keep_ratio_help="encoder keep ratio (default: the model's)")
+    common.add_backend(parser)
     parser.add_argument(
         "--data", required=True, help="dataset folder: COCO, YOLO (data.yaml) or Pascal VOC"
     )
@@ -39,22 +40,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from focus_detr.checkpoint import read_checkpoint
     from focus_detr.data.discovery import evaluation_split
     from focus_detr.engine.distributed import init_distributed, shutdown_distributed
     from focus_detr.engine.evaluator import evaluate
-    from focus_detr.inference import load_model
+    from focus_detr.predict.detector import load_model
 
     context = init_distributed(args.device or common.default_device())
     try:
         files = evaluation_split(args.data, args.split, args.format)
-        source: Any = args.weights
-        if not str(args.weights).lower().endswith(".onnx"):  # ONNX: load_model reads it
-            checkpoint = read_checkpoint(args.weights)
-            # read once; load_model takes the state dict with its metadata as a checkpoint dict
-            source = {"model": checkpoint.state_dict, **checkpoint.metadata}
         model, categories = load_model(
-            source, preset=args.preset, device=context.device, keep_ratio=args.keep_ratio
+            args.weights,
+            preset=args.preset,
+            device=context.device,
+            keep_ratio=args.keep_ratio,
+            runtime=args.backend,
         )
         dataset, label_to_id = _dataset(files, categories)
         evaluation = evaluate(

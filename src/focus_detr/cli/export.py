@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from focus_detr.cli import common
 
@@ -49,42 +48,27 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from focus_detr.checkpoint import read_checkpoint
-    from focus_detr.config import Config, config_from_dict
     from focus_detr.deploy.onnx_export import export_onnx
-    from focus_detr.inference import load_model
-    from focus_detr.presets import get_preset
+    from focus_detr.predict.detector import load_pytorch_model, runtime_for
 
-    if str(args.weights).lower().endswith(".onnx"):
-        raise common.UsageError("--weights is already an ONNX model; export a checkpoint")
+    if runtime_for(args.weights).name != "torch":
+        raise common.UsageError(f"--weights {args.weights} is already exported; give a checkpoint")
     if not str(args.out).lower().endswith(".onnx"):
         raise common.UsageError(f"--out must name a .onnx file, got {args.out}")
     if Path(args.out).exists() and not args.overwrite:
         raise common.UsageError(
             f"{args.out} exists; choose another --out or pass --overwrite to replace it"
         )
-    checkpoint = read_checkpoint(args.weights)
-    payload: Any = {"model": checkpoint.state_dict, **checkpoint.metadata}
-    model, categories = load_model(
-        payload, preset=args.preset, device="cpu", keep_ratio=args.keep_ratio
-    )
-    stored = checkpoint.metadata.get("config")
-    recorded_preset = checkpoint.metadata.get("preset")
-    preset = args.preset or (recorded_preset if isinstance(recorded_preset, str) else None)
-    config: Config | None = None
-    if args.preset is not None:
-        config = get_preset(args.preset).config
-    elif isinstance(stored, dict):
-        config = config_from_dict(stored)
+    loaded = load_pytorch_model(args.weights, preset=args.preset, keep_ratio=args.keep_ratio)
     shape = "static {}x{}".format(*args.static) if args.static else "dynamic batch, height, width"
     print(f"exporting to {args.out} (opset {args.opset}, {shape}); this takes minutes")
     report = export_onnx(
-        model,
+        loaded.model,
         args.out,
-        class_names=categories.names,
-        category_ids=categories.ids,
-        preset=preset,
-        config=config,
+        class_names=loaded.categories.names,
+        category_ids=loaded.categories.ids,
+        preset=loaded.preset,
+        config=loaded.config,
         opset=args.opset,
         static_size=args.static,
         foreground_scores=args.foreground_scores,

@@ -26,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from focus_detr.checkpoint import load_checkpoint
     from focus_detr.models.build import build_model
-    from focus_detr.parity import (
+    from focus_detr.weights.checkpoint import load_checkpoint
+    from focus_detr.weights.parity import (
         compare_with_reference,
         preset_for_config,
         read_manifest,

@@ -21,6 +21,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="+", help="image and video files and/or folders")
     common.add_model_source(parser, keep_ratio_help="encoder keep ratio (default: the model's)")
+    common.add_backend(parser)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--threshold", type=common.probability, default=0.3, help="minimum score in [0, 1] (0.3)"
@@ -74,15 +75,18 @@ def _overlap(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from focus_detr.inference import Predictor, load_model
-    from focus_detr.predict import PredictOptions, run_prediction
-    from focus_detr.predict_outputs import plan_prediction
+    from focus_detr.predict.detector import load_model, runtime_for
+    from focus_detr.predict.outputs import plan_prediction
+    from focus_detr.predict.predictor import Predictor
+    from focus_detr.predict.run import PredictOptions, run_prediction
 
     common.check_weights_file(args.weights)
-    if args.focus_maps and str(args.weights).lower().endswith(".onnx"):
+    runtime = runtime_for(args.weights, args.backend)
+    if args.focus_maps and not runtime.capabilities.raw_outputs:
         raise common.UsageError(
-            "--focus-maps needs the PyTorch checkpoint (the encoder's token trace is not an "
-            "output of the ONNX graph); give the .pth the .onnx was exported from"
+            f"--focus-maps needs the PyTorch checkpoint (the encoder's token trace is not an "
+            f"output of an exported graph; {runtime.name} runs {args.weights}); give the .pth "
+            "it was exported from"
         )
     plan = plan_prediction(args.inputs, args.out, focus_maps=args.focus_maps)  # before any work
     for folder in plan.empty_folders:
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         device=args.device or common.default_device(),
         keep_ratio=args.keep_ratio,
+        runtime=runtime.name,
     )
     predictor = Predictor(
         model,

@@ -213,7 +213,7 @@ def _resumed_config(output_dir: Path, preset: str | None) -> tuple[str | None, A
     """The preset and configuration the run in ``output_dir`` was trained with (a resumed run
     keeps its own settings; ``--set`` changes them explicitly)."""
     from focus_detr.config import config_from_dict
-    from focus_detr.engine.checkpointing import load_resume_checkpoint
+    from focus_detr.engine.training_checkpoint import load_resume_checkpoint
 
     path, state = load_resume_checkpoint(output_dir)
     recorded = state.get("preset")

@@ -1,4 +1,4 @@
-"""Matching a model's classes to a dataset's categories, by name first.
+"""A model's classes (:class:`Categories`), and matching them to a dataset's categories.
 
 Category ids are arbitrary per file (COCO numbers its 80 classes 1..90, a YOLO folder's are
 its class indices plus one, a VOC folder's follow its class list), while names carry the
@@ -13,9 +13,35 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from focus_detr.data.coco_metadata import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from focus_detr.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class Categories:
+    """Names and dataset ids (e.g. COCO ids) of a model's contiguous labels."""
+
+    names: tuple[str, ...]
+    ids: tuple[int, ...]
+
+    @classmethod
+    def default(cls, num_classes: int) -> Categories:
+        """COCO's 80 classes for an 80-class model, else ``class i`` with ids ``1..n``."""
+        if num_classes == len(COCO_CLASS_NAMES):
+            return cls(tuple(COCO_CLASS_NAMES), tuple(COCO_CATEGORY_IDS))
+        return cls(
+            tuple(f"class {i}" for i in range(num_classes)), tuple(range(1, num_classes + 1))
+        )
+
+    @classmethod
+    def from_metadata(cls, entries: object, num_classes: int) -> Categories:
+        """From ``[{"id", "name"}]`` entries as checkpoints record them (default otherwise)."""
+        if not isinstance(entries, Sequence) or len(entries) != num_classes:
+            return cls.default(num_classes)
+        return cls(tuple(str(e["name"]) for e in entries), tuple(int(e["id"]) for e in entries))
 
 
 def name_key(name: str) -> str:
@@ -56,7 +82,7 @@ def match_model_categories(
     detections count for nothing.
 
     Args:
-        model_names / model_ids: the model's classes (e.g. ``focus_detr.inference.Categories``).
+        model_names / model_ids: the model's classes (e.g. ``Categories``).
         dataset_ids / dataset_names: the dataset's categories.
         source: the dataset file, named in messages.
         objects: number of objects per dataset category id; categories without objects need

@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from focus_detr.checkpoint import CheckpointError
 from focus_detr.config import Config, ConfigError, config_from_dict, config_to_dict
+from focus_detr.weights.checkpoint import CheckpointError
 
 INPUT_NAMES = ("images", "image_sizes")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "valid")
@@ -36,9 +36,16 @@ FOREGROUND_OUTPUT = "foreground_logits"
 FORMAT_VERSION = "1"
 
 
-class OnnxModelError(CheckpointError):
-    """A ``.onnx`` file is not a Focus-DETR export this package can run (a weights file that
-    cannot be used, as for checkpoints: the CLI prints it as one ``error:`` line)."""
+class ExportedModelError(CheckpointError):
+    """An exported file (ONNX, OpenVINO) is not a Focus-DETR export this package can run, or
+    cannot do what was asked of it (a weights file that cannot be used, as for checkpoints:
+    the CLI prints it as one ``error:`` line)."""
+
+
+def first_line(error: BaseException) -> str:
+    """``Type: first line of the message``: runtimes raise long multi-line errors."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 @dataclass(frozen=True)
@@ -94,10 +101,10 @@ class DeploymentMetadata:
         """Read what :meth:`to_props` wrote.
 
         Raises:
-            OnnxModelError: the entries are missing or unreadable (naming ``source``).
+            ExportedModelError: the entries are missing or unreadable (naming ``source``).
         """
         if props.get("focus_detr_format") != FORMAT_VERSION or "config" not in props:
-            raise OnnxModelError(
+            raise ExportedModelError(
                 f"{source} was not exported by focus-detr (its metadata has no Focus-DETR "
                 f"configuration); export it with `focus-detr export`"
             )
@@ -120,7 +127,9 @@ class DeploymentMetadata:
                 version=props.get("focus_detr_version", ""),
             )
         except (KeyError, ValueError, TypeError, ConfigError) as error:
-            raise OnnxModelError(f"{source} has unreadable Focus-DETR metadata: {error}") from None
+            raise ExportedModelError(
+                f"{source} has unreadable Focus-DETR metadata: {error}"
+            ) from None
 
 
 def category_entries(

@@ -3,16 +3,17 @@
 Images go through detectron2's test resize (short side ``min_size``, long side at most
 ``max_size``), are batched (the model gives each image the same result in any batch), and the
 detections are mapped back to each file's own pixels before COCO box AP is computed by
-:func:`focus_detr.engine.evaluation.evaluate_detections`. Under ``torchrun`` every process
+:func:`focus_detr.engine.coco_metrics.evaluate_detections`. Under ``torchrun`` every process
 evaluates a shard of the images and the main process scores all detections.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -20,21 +21,21 @@ from torch.utils.data import DataLoader, Subset
 
 from focus_detr.data.collate import collate_detection
 from focus_detr.data.transforms import build_test_transforms
-from focus_detr.engine.checkpointing import unwrap_model
-from focus_detr.engine.distributed import all_gather_objects, broadcast_object, is_distributed
-from focus_detr.engine.evaluation import (
+from focus_detr.engine.coco_metrics import (
     CocoEvaluation,
     evaluate_detections,
     to_coco_results,
     write_results_json,
 )
+from focus_detr.engine.distributed import all_gather_objects, broadcast_object, is_distributed
+from focus_detr.engine.training_checkpoint import unwrap_model
 
 if TYPE_CHECKING:
-    from focus_detr.models.detector import FocusDETR
+    from focus_detr.predict.detector import Detector
 
 
 def evaluate(
-    model: nn.Module,
+    model: Detector | nn.Module,
     dataset: Any,
     *,
     batch_size: int = 1,
@@ -51,13 +52,14 @@ def evaluate(
     """COCO box AP of ``model`` on ``dataset``.
 
     Args:
-        model: a :class:`~focus_detr.models.FocusDETR` (or a DDP wrapper of one); it is put in
-            eval mode for the call and returned to its previous mode.
+        model: a :class:`~focus_detr.predict.Detector`: a :class:`~focus_detr.FocusDETR` (or
+            a DDP wrapper of one), put in eval mode for the call and returned to its previous
+            mode, or an exported graph (:func:`~focus_detr.load_model`).
         dataset: a :class:`~focus_detr.data.CocoDetection` (needs ``ground_truth`` or
             ``annotation_file``, ``image_ids`` and ``category_ids``); its own transforms are
             replaced by the test resize.
         batch_size: images per forward pass.
-        device: where to run (the model is moved there; default: the model's device).
+        device: where to run (a PyTorch model is moved there; default: the model's device).
         min_size / max_size: test resize; by default the model's recipe (``model.config``,
             see :meth:`~focus_detr.config.ModelConfig.test_resize`; 800/1333 for the zoo).
         num_workers: loader processes.
@@ -80,31 +82,45 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     label_to_id = list(category_ids if category_ids is not None else dataset.category_ids)
-    core = cast("FocusDETR", unwrap_model(model))
-    if device is not None:
-        core.to(device)
-    was_training = core.training
-    core.eval()
-    try:
-        # evaluation never disturbs the training run's random streams
-        with torch.random.fork_rng(devices=_cuda_devices(device, core)):
-            results = _detect(
-                core,
-                _with_test_transforms(dataset, core.config.test_resize(min_size, max_size)),
-                batch_size=batch_size,
-                device=torch.device(device) if device is not None else _model_device(core),
-                num_workers=num_workers,
-                label_to_id=label_to_id,
-                autocast_dtype=autocast_dtype,
-                progress=progress,
-            )
-    finally:
-        core.train(was_training)
+    # a Detector, or any module called alike that has a ``config`` (test resize)
+    core: Any = unwrap_model(model) if isinstance(model, nn.Module) else model
+    # evaluation never disturbs the training run's random streams
+    with (
+        _evaluating(core, device) as run_device,
+        torch.random.fork_rng(devices=_cuda_devices(run_device)),
+    ):
+        results = _detect(
+            core,
+            _with_test_transforms(dataset, core.config.test_resize(min_size, max_size)),
+            batch_size=batch_size,
+            device=run_device,
+            num_workers=num_workers,
+            label_to_id=label_to_id,
+            autocast_dtype=autocast_dtype,
+            progress=progress,
+        )
     return _score(results, dataset, per_class, results_path)
 
 
+@contextlib.contextmanager
+def _evaluating(detector: Any, device: torch.device | str | None) -> Iterator[torch.device]:
+    """A PyTorch module moved to ``device`` and in eval mode inside the block (its mode is
+    restored after); an exported graph runs where it was opened. Yields the device."""
+    if not isinstance(detector, nn.Module):
+        yield detector.device
+        return
+    if device is not None:
+        detector.to(device)
+    was_training = detector.training
+    detector.eval()
+    try:
+        yield torch.device(device) if device is not None else _module_device(detector)
+    finally:
+        detector.train(was_training)
+
+
 def _detect(
-    model: nn.Module,
+    model: Any,
     dataset: Any,
     *,
     batch_size: int,
@@ -209,14 +225,13 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for parameter in model.parameters():
+def _module_device(module: nn.Module) -> torch.device:
+    for parameter in module.parameters():
         return parameter.device
     return torch.device("cpu")
 
 
-def _cuda_devices(device: torch.device | str | None, model: nn.Module) -> list[int]:
-    resolved = torch.device(device) if device is not None else _model_device(model)
-    if resolved.type != "cuda":
+def _cuda_devices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
         return []
-    return [resolved.index if resolved.index is not None else torch.cuda.current_device()]
+    return [device.index if device.index is not None else torch.cuda.current_device()]

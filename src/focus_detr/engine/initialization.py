@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from focus_detr.checkpoint import CheckpointError, download, read_checkpoint
-from focus_detr.convert import describe_architecture, detrex_to_native, is_detrex_layout
+from focus_detr.weights.checkpoint import CheckpointError, download, read_checkpoint
+from focus_detr.weights.detrex import describe_architecture, detrex_to_native, is_detrex_layout
 
 #: Parameters with one row per class.
 CLASS_DEPENDENT = re.compile(
@@ -172,7 +172,7 @@ def _preset_weights(name: str) -> str | None:
 
 
 def _source_class_names(state: Mapping[str, Tensor], categories: object) -> tuple[str, ...] | None:
-    from focus_detr.coco_metadata import COCO_CLASS_NAMES
+    from focus_detr.data.coco_metadata import COCO_CLASS_NAMES
 
     head = state.get("two_stage_class_head.weight", state.get("class_heads.0.weight"))
     if head is None:

@@ -25,19 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from focus_detr.checkpoint import CheckpointError
 from focus_detr.config import Config, config_from_dict, config_to_dict
 from focus_detr.data.collate import build_step_dataloader, micro_batch_size
-from focus_detr.engine.checkpointing import (
-    capture_rng_state,
-    categories_of,
-    load_backbone_weights,
-    load_resume_checkpoint,
-    restore_process_rng,
-    save_model,
-    save_training_checkpoint,
-    seed_everything,
-)
+from focus_detr.engine.coco_metrics import CocoEvaluation
 from focus_detr.engine.distributed import (
     DistributedContext,
     all_gather_objects,
@@ -46,7 +36,6 @@ from focus_detr.engine.distributed import (
     shutdown_distributed,
 )
 from focus_detr.engine.ema import ModelEMA
-from focus_detr.engine.evaluation import CocoEvaluation
 from focus_detr.engine.evaluator import evaluate
 from focus_detr.engine.initialization import InitReport, initialize_from
 from focus_detr.engine.metrics_log import MetricsLogger, StepLog, truncate_metrics
@@ -71,8 +60,19 @@ from focus_detr.engine.step import (
     StepResult,
     autocast_dtype,
 )
+from focus_detr.engine.training_checkpoint import (
+    capture_rng_state,
+    categories_of,
+    load_backbone_weights,
+    load_resume_checkpoint,
+    restore_process_rng,
+    save_model,
+    save_training_checkpoint,
+    seed_everything,
+)
 from focus_detr.losses import build_criterion
 from focus_detr.models.build import build_model
+from focus_detr.weights.checkpoint import CheckpointError
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "train"]
 

@@ -7,6 +7,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,10 +29,11 @@ from focus_detr.models.query_selection import (
     TokenProjection,
     select_queries,
 )
+from focus_detr.models.stages import stage
 from focus_detr.models.tokens import Tokens, flatten_levels
 from focus_detr.ops.boxes import inverse_sigmoid
-from focus_detr.profiling import stage
 from focus_detr.structures import (
+    Capabilities,
     DenoisingOutput,
     DenoisingQueries,
     FocusDETROutput,
@@ -69,8 +71,13 @@ class FocusDETR(nn.Module):
     with :meth:`set_keep_ratio` at any time), the pixel normalisation and the recipe's test-time
     resize (``test_min_size`` / ``test_max_size``, which :class:`~focus_detr.Predictor`,
     :func:`~focus_detr.evaluate`, the trainer and the CLI read). Checkpoints store it.
+
+    It is the PyTorch runtime of :class:`focus_detr.predict.Detector` (``capabilities``).
     """
 
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        runtime="torch", raw_outputs=True, adjustable_keep_ratio=True, torch_threads=True
+    )
     backbone: ResNet | SwinTransformer
     neck: ChannelMapper
     encoder: FocusEncoder

@@ -1,11 +1,11 @@
 """``focus-detr predict``: detections for images and videos, written as they come.
 
-Threading (:mod:`focus_detr.pipeline`): worker threads read and resize images (a video is
+Threading (:mod:`focus_detr.predict.pipeline`): worker threads read and resize images (a video is
 decoded and resized by one thread of its own) while the model runs batches in the calling
 thread; a writer thread draws and saves the pictures and encodes the annotated videos. Every
 result is written to a JSON-lines file the moment it is known, so an interruption (Ctrl-C, a
 crash) keeps everything done so far; ``predictions.json`` is written at the end, and also when
-the run is interrupted. The files written are described in :mod:`focus_detr.predict_outputs`.
+the run is interrupted. The files written are described in :mod:`focus_detr.predict.outputs`.
 """
 
 from __future__ import annotations
@@ -20,28 +20,35 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from focus_detr.data.categories import Categories
 from focus_detr.errors import UsageError
-from focus_detr.focus_maps import FocusMap, focus_maps_of_inputs
-from focus_detr.inference import Categories, Predictor, PreparedImage
 from focus_detr.io import ImageReadError, atomic_write_bytes, read_image
-from focus_detr.pipeline import BackgroundWriter, background_iter, prefetch
-from focus_detr.predict_outputs import (
+from focus_detr.predict.draw import draw_detections, save_image
+from focus_detr.predict.draw_focus import draw_focus_map
+from focus_detr.predict.focus_maps import FocusMap, focus_maps_of_inputs
+from focus_detr.predict.outputs import (
     JsonLines,
     PredictionPlan,
     above_threshold,
     detection_records,
     plan_prediction,
 )
-from focus_detr.video import VideoFrame, VideoReadError, VideoWriter, pyav, read_frames, video_info
-from focus_detr.visualize import draw_detections, save_image
-from focus_detr.visualize_focus import draw_focus_map
+from focus_detr.predict.pipeline import BackgroundWriter, background_iter, prefetch
+from focus_detr.predict.predictor import Predictor, PreparedImage
+from focus_detr.predict.video import (
+    VideoFrame,
+    VideoReadError,
+    VideoWriter,
+    pyav,
+    read_frames,
+    video_info,
+)
 
 __all__ = ["PredictOptions", "PredictionRun", "predict_files", "run_prediction"]
 
@@ -91,13 +98,13 @@ def predict_files(
 ) -> PredictionRun:
     """Detect objects in every image and video of ``inputs`` (files or folders).
 
-    Writes under ``out_dir`` (see :mod:`focus_detr.predict_outputs`): ``predictions.jsonl``
+    Writes under ``out_dir`` (see :mod:`focus_detr.predict.outputs`): ``predictions.jsonl``
     (one line per image, as it is done), ``predictions.json`` (COCO results with
     ``file_name``, ``bbox`` [x, y, w, h], ``score``, ``category_id``, ``category_name``), an
     annotated copy of each image and video, per-frame detections of each video, and focus maps
     when asked. Detections scoring at least ``threshold`` are kept. A file that cannot be read
     is reported and skipped; the others are processed. The output folder is checked before
-    any work (:func:`~focus_detr.predict_outputs.plan_prediction`).
+    any work (:func:`~focus_detr.predict.outputs.plan_prediction`).
     """
     plan = plan_prediction(inputs, out_dir, focus_maps=focus_maps)
     options = PredictOptions(threshold, video_stride, focus_maps, progress, workers)
@@ -115,7 +122,7 @@ def run_prediction(
             pyav()
         except ImportError as error:
             raise UsageError(f"{len(plan.videos)} video(s) to read, but {error}") from None
-    if options.focus_maps and not _is_pytorch_model(predictor.model):
+    if options.focus_maps and not predictor.model.capabilities.raw_outputs:
         raise UsageError("focus maps need the PyTorch model (its raw outputs)")
     run = PredictionRun(results_path=plan.results_path)
     with _leave_a_core_to_the_pipeline(predictor):
@@ -123,10 +130,6 @@ def run_prediction(
         for video in plan.videos:
             _predict_video(predictor, categories, video, plan, options, run)
     return run
-
-
-def _is_pytorch_model(model: object) -> bool:
-    return isinstance(model, torch.nn.Module) and next(model.parameters(), None) is not None
 
 
 @contextlib.contextmanager
@@ -141,7 +144,8 @@ def _leave_a_core_to_the_pipeline(predictor: Predictor) -> Iterator[None]:
     """
     threads = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpu = _is_pytorch_model(predictor.model) and predictor.model.device.type == "cpu"
+    model = predictor.model
+    cpu = model.capabilities.torch_threads and model.device.type == "cpu"
     if not cpu or predictor.batch_size > 1 or cores is None or threads < cores or cores < 2:
         yield
         return
@@ -251,9 +255,8 @@ def _focus_maps_of_batch(
     if not batch:
         return
     prepared = [image.prepared for image, _ in batch]
-    model = cast(torch.nn.Module, predictor.model)
     maps = focus_maps_of_inputs(
-        model, [p.views[0] for p in prepared], [p.image_size for p in prepared]
+        predictor.model, [p.views[0] for p in prepared], [p.image_size for p in prepared]
     )
     for (item, found), focus in zip(batch, maps):
         yield item, found, focus

@@ -4,13 +4,14 @@ The Foreground Token Selector scores every token of the multi-scale feature maps
 layers then update only the best-scoring tokens (a cascade of shrinking, nested sets), and
 among those the dual attention runs on the few with the best multi-category scores. A
 :class:`FocusMap` holds all of that for one image as NumPy arrays on each level's token grid;
-:func:`focus_detr.visualize_focus.draw_focus_map` turns it into a picture.
+:func:`focus_detr.predict.draw_focus.draw_focus_map` turns it into a picture.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from torch import Tensor
 
 from focus_detr.data.transforms import resize_image, resize_shortest_edge_size
 from focus_detr.structures import FocusDETROutput, TokenLayout
+
+if TYPE_CHECKING:
+    from focus_detr.predict.detector import Detector
 
 __all__ = ["FocusMap", "compute_focus_maps", "focus_maps_from_output"]
 
@@ -65,7 +69,7 @@ class FocusMap:
 
 
 def compute_focus_maps(
-    model: torch.nn.Module,
+    model: Detector,
     images: Sequence[Tensor],
     *,
     min_size: int | None = None,
@@ -74,13 +78,12 @@ def compute_focus_maps(
     """Focus maps of ``uint8 [3, H, W]`` images (any sizes, one batched forward).
 
     Images are resized like :class:`~focus_detr.Predictor` does (the model's test resize unless
-    ``min_size`` / ``max_size`` are given). ``model`` is a :class:`~focus_detr.FocusDETR`: the
-    maps come from its raw outputs (``model(images, raw=True)``).
+    ``min_size`` / ``max_size`` are given). ``model`` is a :class:`~focus_detr.FocusDETR` (a
+    detector whose ``capabilities.raw_outputs``): the maps come from its raw outputs
+    (``model(images, raw=True)``).
     """
-    config = getattr(model, "config", None)
-    if not isinstance(model, torch.nn.Module) or config is None or not _has_parameters(model):
-        raise TypeError("focus maps need the PyTorch FocusDETR model (its raw outputs)")
-    short, limit = config.test_resize(min_size, max_size)
+    _check_raw_outputs(model)
+    short, limit = model.config.test_resize(min_size, max_size)
     resized = []
     for image in images:
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
@@ -95,17 +98,20 @@ def compute_focus_maps(
     return focus_maps_of_inputs(model, resized, sizes)
 
 
-def _has_parameters(model: torch.nn.Module) -> bool:
-    return next(model.parameters(), None) is not None
+def _check_raw_outputs(model: object) -> None:
+    capabilities = getattr(model, "capabilities", None)
+    if capabilities is None or not capabilities.raw_outputs:
+        raise TypeError("focus maps need the PyTorch FocusDETR model (its raw outputs)")
 
 
 def focus_maps_of_inputs(
-    model: torch.nn.Module, inputs: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
+    model: Detector, inputs: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
 ) -> list[FocusMap]:
     """Focus maps of images already resized for the model (``image_sizes``: the originals)."""
-    device = next(model.parameters()).device
+    _check_raw_outputs(model)
+    raw_forward: Callable[..., FocusDETROutput] = model  # raw_outputs: it takes raw=True
     with torch.inference_mode():
-        output = model([image.to(device) for image in inputs], raw=True)
+        output = raw_forward([image.to(model.device) for image in inputs], raw=True)
     return focus_maps_from_output(output, image_sizes)
 
 

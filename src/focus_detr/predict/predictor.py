@@ -1,26 +1,18 @@
-"""Ready-to-use inference: load a model from weights, resize like detectron2, map boxes back."""
+"""Detection on images of any size: detectron2's test resize, batching, boxes mapped back."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar, cast
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
 
-from focus_detr.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from focus_detr.coco_metadata import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from focus_detr.config import ModelConfig, model_config_from_dict
-from focus_detr.convert import describe_architecture, is_detrex_layout
 from focus_detr.data.transforms import resize_image, resize_shortest_edge_size
-from focus_detr.models.build import build_model
-from focus_detr.models.detector import FocusDETR
-from focus_detr.presets import get_preset
-from focus_detr.slicing import (
+from focus_detr.predict.detector import Detector
+from focus_detr.predict.slicing import (
     DEFAULT_MERGE_IOU,
     Slicing,
     Window,
@@ -30,118 +22,6 @@ from focus_detr.slicing import (
 )
 
 Key = TypeVar("Key")
-
-
-@dataclass(frozen=True)
-class Categories:
-    """Names and dataset ids (e.g. COCO ids) of a model's contiguous labels."""
-
-    names: tuple[str, ...]
-    ids: tuple[int, ...]
-
-    @classmethod
-    def default(cls, num_classes: int) -> Categories:
-        if num_classes == len(COCO_CLASS_NAMES):
-            return cls(tuple(COCO_CLASS_NAMES), tuple(COCO_CATEGORY_IDS))
-        return cls(
-            tuple(f"class {i}" for i in range(num_classes)), tuple(range(1, num_classes + 1))
-        )
-
-    @classmethod
-    def from_metadata(cls, entries: object, num_classes: int) -> Categories:
-        if not isinstance(entries, Sequence) or len(entries) != num_classes:
-            return cls.default(num_classes)
-        return cls(tuple(str(e["name"]) for e in entries), tuple(int(e["id"]) for e in entries))
-
-
-def load_model(
-    weights: str | os.PathLike[str] | Mapping[str, Tensor] | None = None,
-    *,
-    preset: str | None = None,
-    device: torch.device | str = "cpu",
-    keep_ratio: float | None = None,
-    **overrides: object,
-) -> tuple[FocusDETR, Categories]:
-    """A model in eval mode with its weights, plus the names and ids of its classes.
-
-    The configuration (architecture, preprocessing, test resize) comes from ``preset`` or, for
-    checkpoints written by this package, from the checkpoint itself. detrex releases need
-    ``preset`` (their files do not record e.g. the position-embedding settings).
-
-    A ``.onnx`` file (``focus-detr export``) gives an ONNX Runtime detector that works like
-    the model for :class:`Predictor` and :func:`~focus_detr.evaluate` (see
-    :class:`~focus_detr.deploy.onnx_runtime.OnnxRuntimeDetector`).
-    """
-    if isinstance(weights, (str, os.PathLike)) and str(weights).lower().endswith(".onnx"):
-        return _load_onnx(weights, preset, device, keep_ratio, overrides)
-    checkpoint = read_checkpoint(weights) if weights is not None else None
-    config = _model_config(checkpoint, preset)
-    if overrides:
-        config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
-    model = build_model(config)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    if keep_ratio is not None:
-        model.set_keep_ratio(keep_ratio)
-    model = model.to(device).eval()
-    categories = Categories.from_metadata(
-        checkpoint.metadata.get("categories") if checkpoint else None, config.num_classes
-    )
-    return model, categories
-
-
-def _load_onnx(
-    path: str | os.PathLike[str],
-    preset: str | None,
-    device: torch.device | str,
-    keep_ratio: float | None,
-    overrides: Mapping[str, object],
-) -> tuple[FocusDETR, Categories]:
-    """The ONNX Runtime detector of an exported graph, whose settings are fixed."""
-    from focus_detr.deploy.onnx_runtime import OnnxModelError, OnnxRuntimeDetector
-
-    detector = OnnxRuntimeDetector.open(path, device=device)
-    recorded = detector.metadata.preset
-    if preset is not None and recorded and preset != recorded:
-        raise OnnxModelError(f"{path} was exported from preset {recorded}, not {preset}")
-    if keep_ratio is not None and keep_ratio != detector.keep_ratio:
-        raise OnnxModelError(
-            f"{path} computes keep ratio {detector.keep_ratio:g} (fixed at export); export "
-            f"again with --keep-ratio {keep_ratio:g}"
-        )
-    if overrides:
-        raise OnnxModelError(f"{path} cannot change its settings {sorted(overrides)}")
-    categories = Categories.from_metadata(detector.metadata.categories, detector.config.num_classes)
-    # a stand-in with the interface that Predictor and evaluate() use (see its docstring)
-    return cast("FocusDETR", detector), categories
-
-
-def _model_config(checkpoint, preset: str | None) -> ModelConfig:
-    stored = checkpoint.metadata.get("config") if checkpoint is not None else None
-    if preset is not None:
-        return get_preset(preset).config.model
-    if isinstance(stored, Mapping) and isinstance(stored.get("model"), Mapping):
-        return model_config_from_dict(dict(stored))
-    if checkpoint is None:
-        raise CheckpointError("give a preset or weights that record their configuration")
-    layout = "detrex release" if is_detrex_layout(checkpoint.state_dict) else "checkpoint"
-    raise CheckpointError(
-        f"this {layout} does not record its configuration; name its preset (--preset). "
-        f"It looks like: {describe_architecture(checkpoint.state_dict)}"
-    )
-
-
-class _Detector(Protocol):
-    """What :class:`Predictor` needs of a model: a FocusDETR, or any object that detects alike
-    (e.g. an exported runtime) with a ``config``, a ``device`` and this call."""
-
-    @property
-    def config(self) -> ModelConfig: ...
-
-    @property
-    def device(self) -> torch.device: ...
-
-    def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]: ...
 
 
 @dataclass(frozen=True)
@@ -182,17 +62,16 @@ class Predictor:
 
     - ``nms_iou``: class-wise NMS (``torchvision.ops.batched_nms``) at this IoU.
     - ``slice_size`` (``(height, width)`` or one side) and ``slice_overlap``: sliced inference
-      for large images (:mod:`focus_detr.slicing`): the whole image plus overlapping tiles,
+      for large images (:mod:`focus_detr.predict.slicing`): the whole image plus overlapping tiles,
       merged by class-wise NMS at ``nms_iou`` (0.5 when not given).
 
-    ``model`` is a :class:`~focus_detr.FocusDETR` or any detector called alike (uint8
-    ``[3, H, W]`` images in, one dict of ``boxes``, ``scores``, ``labels`` per image out) that
-    has a ``config`` and a ``device``.
+    ``model`` is any :class:`~focus_detr.predict.Detector`: the PyTorch model or an exported
+    graph (:func:`~focus_detr.load_model`).
     """
 
     def __init__(
         self,
-        model: _Detector,
+        model: Detector,
         *,
         min_size: int | None = None,
         max_size: int | None = None,

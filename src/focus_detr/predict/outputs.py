@@ -25,8 +25,8 @@ from typing import IO, Any
 
 from torch import Tensor
 
+from focus_detr.data.categories import Categories
 from focus_detr.errors import UsageError
-from focus_detr.inference import Categories
 from focus_detr.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_image_files
 
 __all__ = ["JsonLines", "PredictionPlan", "detection_records", "plan_prediction"]

@@ -1,4 +1,4 @@
-"""A picture of a :class:`~focus_detr.focus_maps.FocusMap`: where the encoder looked.
+"""A picture of a :class:`~focus_detr.predict.focus_maps.FocusMap`: where the encoder looked.
 
 Six panels on a white sheet, each titled with what it shows and how many tokens:
 
@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from focus_detr.focus_maps import FocusMap
-from focus_detr.visualize import draw_detections
+from focus_detr.predict.draw import draw_detections
+from focus_detr.predict.focus_maps import FocusMap
 
 __all__ = ["draw_focus_map"]
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from focus_detr.convert import describe_architecture, detrex_to_native, is_detrex_layout
+from focus_detr.weights.detrex import describe_architecture, detrex_to_native, is_detrex_layout
 
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 

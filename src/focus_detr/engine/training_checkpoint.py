@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from focus_detr.checkpoint import CheckpointError, read_state_dict
 from focus_detr.engine.run_folder import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT
 from focus_detr.io import atomic_save
+from focus_detr.weights.checkpoint import CheckpointError, read_state_dict
 
 logger = logging.getLogger(__name__)
 
