@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import focus_detr
-from focus_detr.weights.checkpoint import CheckpointError, download, read_checkpoint
+from focus_detr.weights.checkpoint import CheckpointError, read_checkpoint
 from focus_detr.weights.detrex import detrex_to_native, native_to_detrex
+from focus_detr.weights.download import download
 from focus_detr.weights.parity import read_manifest, synthesize_state_dict
 from tests.helpers import MANIFESTS, randomize_, tiny_config
 

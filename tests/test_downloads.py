@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from focus_detr.cli import main
-from focus_detr.weights.checkpoint import CheckpointError, download, read_checkpoint
+from focus_detr.weights.checkpoint import CheckpointError, read_checkpoint
+from focus_detr.weights.download import download
 
 
 def _checkpoint_bytes() -> bytes:

@@ -215,7 +215,7 @@ def test_fp16_on_cpu_is_an_error(synthetic, tmp_path):
 
 def test_outputs_of_a_short_run(synthetic, tmp_path: Path):
     from focus_detr.engine.metrics_log import read_metrics
-    from focus_detr.predict.predictor import Predictor, load_model
+    from focus_detr.predict import Predictor, load_model
 
     config = tiny_recipe(checkpoint_every_iters=1, log_every_iters=2)
     dataset = train_set(synthetic, config)
@@ -274,7 +274,7 @@ def test_periodic_and_final_evaluation_are_logged(synthetic, tmp_path):
 def test_torchvision_resnet_weights_initialise_the_backbone(tmp_path):
     import torchvision
 
-    from focus_detr.engine.training_checkpoint import load_backbone_weights
+    from focus_detr.weights.backbone import load_backbone_weights
 
     model = focus_detr.build_model(tiny_config(backbone_width=64))
     reference = torchvision.models.resnet18()
@@ -290,7 +290,7 @@ def test_torchvision_resnet_weights_initialise_the_backbone(tmp_path):
 
 
 def test_official_swin_weights_initialise_the_backbone(tmp_path):
-    from focus_detr.engine.training_checkpoint import load_backbone_weights
+    from focus_detr.weights.backbone import load_backbone_weights
 
     source = focus_detr.build_model(tiny_config(backbone="swin_tiny")).backbone.state_dict()
     official = {k: v for k, v in source.items() if not k.startswith("norm")}

@@ -17,3 +17,7 @@ class DatasetError(ValueError):
 
 class MissingDependencyError(ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class CheckpointError(RuntimeError):
+    """A weights file cannot be read, downloaded or used, or does not fit the model."""

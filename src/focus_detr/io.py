@@ -5,9 +5,10 @@ official Focus-DETR numbers): the EXIF orientation is applied, then the image is
 Pillow's ``convert("RGB")``. It departs from it only where that conversion loses data: 16-bit
 samples are rescaled instead of clipped at 255.
 
-Checkpoints and other outputs are written through ``atomic_write_bytes`` / ``atomic_save``: the
-data goes to a temporary file in the destination folder, is flushed to disk and then renamed over
-the destination, so a crash leaves either the old file or the new one, never half of one.
+Every file the package writes (checkpoints, results, pictures, ONNX graphs, downloads) goes
+through :func:`atomic_path`: the data goes to a temporary file in the destination folder, is
+flushed to disk (and checked, where the writer checks) and then renamed over the destination,
+so a crash or a failed check leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "ImageReadError",
+    "atomic_open",
+    "atomic_path",
     "atomic_save",
     "atomic_write_bytes",
     "list_image_files",
@@ -217,17 +220,52 @@ def _files_in_folder(folder: Path, extensions: frozenset[str], skipped: set[str]
     return sorted(files)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename).
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces ``path`` when the block succeeds.
 
-    Missing parent folders are created. The file gets the permissions a plain ``open(path,
-    "wb")`` would give it.
+    Whatever the block writes to the yielded path (directly, or through a library that takes a
+    file name) is flushed to disk, given the permissions a plain ``open(path, "wb")`` would
+    give it, and renamed over ``path``. If the block raises (a failed check included), the
+    temporary file is removed and ``path`` keeps what it held. Missing parent folders are
+    created. Every file this package writes goes through here.
 
-    Args:
-        path: destination file; replaced if it exists.
-        data: the bytes to write.
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
     """
-    with _atomic_open(path) as handle:
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    os.close(descriptor)
+    try:
+        yield Path(temp_name)
+        _fsync_file(temp_name)
+        os.chmod(temp_name, 0o666 & ~_current_umask())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    _fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None
+) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` whose file replaces ``path`` only if the block succeeds
+    (:func:`atomic_path`); ``mode`` is a write mode (``"wb"``, ``"w"``)."""
+    with atomic_path(path) as temporary, open(temporary, mode, encoding=encoding) as handle:
+        yield handle
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_open(path) as handle:
         handle.write(data)
 
 
@@ -238,32 +276,16 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
         obj: anything ``torch.save`` accepts (state dicts, nested containers of tensors).
         path: destination file; replaced if it exists. Missing parent folders are created.
     """
-    with _atomic_open(path) as handle:
+    with atomic_open(path) as handle:
         torch.save(obj, handle)
 
 
-@contextlib.contextmanager
-def _atomic_open(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Yield a binary file that replaces ``path`` only if the ``with`` block succeeds."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
+def _fsync_file(name: str) -> None:
+    descriptor = os.open(name, os.O_RDONLY)
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o666 & ~_current_umask())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    _fsync_folder(path.parent)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _current_umask() -> int:

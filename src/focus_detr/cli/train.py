@@ -10,7 +10,6 @@ Pascal VOC folder (detected, or ``--format``; see :mod:`focus_detr.data.discover
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,11 +98,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from focus_detr.config import apply_overrides
     from focus_detr.data.discovery import load_split
     from focus_detr.data.transforms import build_train_transforms
     from focus_detr.engine.initialization import read_init_source
-    from focus_detr.engine.run_folder import latest_run_folder
+    from focus_detr.engine.run_setup import plan_run, with_num_classes
     from focus_detr.engine.trainer import train
 
     if args.tensorboard:
@@ -113,18 +111,20 @@ def run(args: argparse.Namespace) -> int:
     train_files, val_files, synthetic = _training_data(args)
     # a resumed run continues from its own checkpoint: nothing to read (or download) then
     init = read_init_source(args.init_weights) if args.init_weights and not args.resume else None
-    preset_name, base = _base_config(args, init, synthetic)
-    default_out = Path("output") / _run_name(args, synthetic)
-    output_dir = Path(args.out) if args.out else default_out
-    if args.resume and not args.out:
-        output_dir = latest_run_folder(default_out)
-    if args.resume:
-        preset_name, base = _resumed_config(output_dir, args.preset)
-    config = apply_overrides(base, args.overrides)
-    if args.workers is not None:
-        config = _replace(config, "train", num_workers=args.workers)
-    if args.patience is not None:
-        config = _replace(config, "train", patience=args.patience)
+    setup = plan_run(
+        default_preset=SYNTHETIC_PRESET if synthetic else COCO_PRESET,
+        preset=args.preset,
+        init_weights=args.init_weights,
+        init=init,
+        output_dir=args.out,
+        resume=args.resume,
+        backbone_weights=args.backbone_weights,
+        overrides=args.overrides,
+        train_changes={"num_workers": args.workers, "patience": args.patience},
+    )
+    for note in setup.notes:
+        print(f"note: {note}", file=sys.stderr)
+    config = setup.config
     train_set = load_split(
         train_files, build_train_transforms(config.train), filter_empty=config.train.filter_empty
     )
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             f"{train_files.annotations}: no training image has a usable annotation "
             "(images without objects are left out; --set train.filter_empty=False keeps them)"
         )
-    config = _replace(config, "model", num_classes=_num_classes(args, train_set.num_classes))
+    config = with_num_classes(config, train_set.num_classes, args.num_classes)
     val_set = None
     if val_files is not None:
         val_set = load_split(
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(
         config,
         train_set,
-        output_dir=output_dir,
+        output_dir=setup.output_dir,
         val_dataset=val_set,
         device=args.device,
         resume=args.resume,
@@ -151,12 +151,17 @@ def run(args: argparse.Namespace) -> int:
         max_iters=args.max_iters,
         backbone_weights=args.backbone_weights,
         init_weights=init if init is not None else args.init_weights,
-        metadata={"preset": preset_name} if preset_name else None,
+        metadata={"preset": setup.preset} if setup.preset else None,
         tensorboard=args.tensorboard,
         progress=not args.no_progress,
     )
     if result.final_model is None:  # not the main process
         return 0
+    _print_result(result, val_files)
+    return 0
+
+
+def _print_result(result: Any, val_files: SplitFiles | None) -> None:
     if result.evaluation is not None:
         split = _describe(val_files) if val_files else ""
         weights = " of the EMA weights" if result.raw_evaluation is not None else ""
@@ -169,60 +174,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"model written to {result.final_model}")
     if result.best_model is not None:
         print(f"best evaluated weights in {result.best_model}")
-    return 0
-
-
-def _run_name(args: argparse.Namespace, synthetic: bool) -> str:
-    """The default output folder's name: the preset's, or ``finetune`` for ``--init-weights``
-    from a checkpoint (known without reading it, so that ``--resume`` finds the run)."""
-    from focus_detr.presets import preset_names
-
-    if args.preset:
-        return str(args.preset)
-    if args.init_weights:
-        return args.init_weights if args.init_weights in preset_names() else "finetune"
-    return SYNTHETIC_PRESET if synthetic else COCO_PRESET
-
-
-def _base_config(args: argparse.Namespace, init: Any, synthetic: bool) -> tuple[str | None, Any]:
-    """(preset name or None, configuration before ``--set``): ``--preset``; else the preset
-    named by ``--init-weights`` or the configuration its checkpoint records; else the default
-    preset."""
-    from focus_detr.config import config_from_dict
-    from focus_detr.presets import get_preset, preset_names
-
-    name = args.preset
-    if name is None and init is not None and args.init_weights in preset_names():
-        name = args.init_weights
-    if name is None and init is not None and init.config is not None:
-        print(f"note: the configuration (model, train, loss) is {init.label}'s", file=sys.stderr)
-        return init.preset, config_from_dict(init.config)
-    name = name or (SYNTHETIC_PRESET if synthetic else COCO_PRESET)
-    preset = get_preset(name)
-    started = args.backbone_weights or args.resume or args.init_weights
-    if preset.backbone_weights and not started:
-        print(
-            f"note: the {name} recipe starts from ImageNet weights "
-            f"({preset.backbone_weights}); without --backbone-weights the backbone is random",
-            file=sys.stderr,
-        )
-    return name, preset.config
-
-
-def _resumed_config(output_dir: Path, preset: str | None) -> tuple[str | None, Any]:
-    """The preset and configuration the run in ``output_dir`` was trained with (a resumed run
-    keeps its own settings; ``--set`` changes them explicitly)."""
-    from focus_detr.config import config_from_dict
-    from focus_detr.engine.training_checkpoint import load_resume_checkpoint
-
-    path, state = load_resume_checkpoint(output_dir)
-    recorded = state.get("preset")
-    if preset is not None and recorded is not None and preset != recorded:
-        raise common.UsageError(
-            f"{path} is a run of the preset {recorded}, not {preset}; drop --preset to resume "
-            "it, or start a new run (another --out)"
-        )
-    return recorded or preset, config_from_dict(state["config"])
 
 
 def _training_data(args: argparse.Namespace) -> tuple[SplitFiles, SplitFiles | None, bool]:
@@ -263,19 +214,3 @@ def _require_tensorboard() -> None:
         raise common.UsageError(
             "--tensorboard needs the tensorboard package: pip install 'focus-detr[tensorboard]'"
         )
-
-
-def _num_classes(args: argparse.Namespace, dataset_classes: int) -> int:
-    if args.num_classes is None:
-        return dataset_classes
-    if args.num_classes < dataset_classes:
-        raise common.UsageError(
-            f"--num-classes {args.num_classes} is smaller than the {dataset_classes} categories "
-            f"of the training set"
-        )
-    return int(args.num_classes)
-
-
-def _replace(config: Any, section: str, **changes: Any) -> Any:
-    part = dataclasses.replace(getattr(config, section), **changes)
-    return dataclasses.replace(config, **{section: part})

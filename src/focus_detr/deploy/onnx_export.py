@@ -33,6 +33,7 @@ from focus_detr.deploy.onnx_contract import (
     category_entries,
 )
 from focus_detr.errors import MissingDependencyError
+from focus_detr.io import atomic_path
 from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
 from focus_detr.models.detector import FocusDETR
 from focus_detr.models.postprocess import top_detections
@@ -169,16 +170,11 @@ def export_onnx(
     )
     program.model.metadata_props.update(metadata.to_props())
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # written beside, checked, then renamed: an interrupted or failed export leaves any
     # earlier file at `path` as it was
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as partial:
         program.save(str(partial), external_data=False)
         onnx.checker.check_model(str(partial))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return ExportReport(
         path=path,
         seconds=time.perf_counter() - started,

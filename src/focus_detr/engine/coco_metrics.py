@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 
 import numpy as np
 from torch import Tensor
+
+from focus_detr.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -272,9 +273,7 @@ def to_coco_results(
 
 
 def write_results_json(path: str | os.PathLike[str], results: Sequence[Mapping[str, Any]]) -> None:
-    """Write COCO results as JSON atomically (temporary file beside it, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write COCO results as JSON atomically (:func:`focus_detr.io.atomic_path`)."""
     payload = [
         {
             "image_id": int(r["image_id"]),
@@ -284,13 +283,5 @@ def write_results_json(path: str | os.PathLike[str], results: Sequence[Mapping[s
         }
         for r in results
     ]
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as stream:
+        json.dump(payload, stream)

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from focus_detr.weights.checkpoint import CheckpointError, download, read_checkpoint
+from focus_detr.weights.checkpoint import CheckpointError, read_checkpoint
 from focus_detr.weights.detrex import describe_architecture, detrex_to_native, is_detrex_layout
+from focus_detr.weights.download import download
 
 #: Parameters with one row per class.
 CLASS_DEPENDENT = re.compile(

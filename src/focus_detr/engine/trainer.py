@@ -63,7 +63,6 @@ from focus_detr.engine.step import (
 from focus_detr.engine.training_checkpoint import (
     capture_rng_state,
     categories_of,
-    load_backbone_weights,
     load_resume_checkpoint,
     restore_process_rng,
     save_model,
@@ -72,6 +71,7 @@ from focus_detr.engine.training_checkpoint import (
 )
 from focus_detr.losses import build_criterion
 from focus_detr.models.build import build_model
+from focus_detr.weights.backbone import load_backbone_weights
 from focus_detr.weights.checkpoint import CheckpointError
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "train"]

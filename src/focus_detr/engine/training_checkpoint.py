@@ -1,4 +1,4 @@
-"""Training checkpoints (``last.pth``), the released-style ``model_final.pth`` and backbone init.
+"""Training checkpoints (``last.pth``) and the released-style ``model_final.pth``.
 
 Every file is written atomically (temporary file + ``os.replace``), so a run killed at any time
 leaves either the old or the new checkpoint, never half of one. Before ``last.pth`` is replaced,
@@ -16,7 +16,6 @@ import os
 import random
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 
 from focus_detr.engine.run_folder import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT
 from focus_detr.io import atomic_save
-from focus_detr.weights.checkpoint import CheckpointError, read_state_dict
+from focus_detr.weights.checkpoint import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -206,90 +205,3 @@ def save_model(
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-@dataclass
-class BackboneLoadReport:
-    """What :func:`load_backbone_weights` did.
-
-    Attributes:
-        source: the file.
-        kind: ``torchvision-resnet`` or ``swin``.
-        loaded: backbone keys that received a value.
-        missing: backbone keys the file does not provide (keep their initialisation).
-        unexpected: converted keys the backbone does not have.
-        mismatched: keys whose shapes differ (not loaded).
-    """
-
-    source: str
-    kind: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """A few lines for the log."""
-        lines = [f"backbone weights {self.source} ({self.kind}): {len(self.loaded)} tensors loaded"]
-        for title, items in (
-            ("not in the file (left as initialised)", self.missing),
-            ("in the file but not in the backbone", self.unexpected),
-            ("shape mismatch (skipped)", self.mismatched),
-        ):
-            if items:
-                shown = ", ".join(items[:8]) + (
-                    f", ... ({len(items)} in all)" if len(items) > 8 else ""
-                )
-                lines.append(f"  {title}: {shown}")
-        return "\n".join(lines)
-
-
-def load_backbone_weights(model: nn.Module, source: str | os.PathLike[str]) -> BackboneLoadReport:
-    """ImageNet initialisation of ``model.backbone`` from a local file.
-
-    Accepts a torchvision ResNet state dict (``resnet50-*.pth``) for ResNet backbones and an
-    official Swin classification checkpoint for Swin backbones.
-
-    Raises:
-        CheckpointError: if the file does not fit the backbone at all.
-    """
-    from focus_detr.models.backbone_resnet import convert_torchvision_resnet
-    from focus_detr.models.backbone_swin import convert_official_swin_checkpoint
-
-    backbone: nn.Module = unwrap_model(model).backbone  # type: ignore[assignment]
-    state = read_state_dict(source)
-    is_swin = "patch_embed.proj.weight" in state
-    try:
-        if is_swin:
-            converted, kind = convert_official_swin_checkpoint(state), "swin"
-        else:
-            converted, kind = convert_torchvision_resnet(state), "torchvision-resnet"
-    except ValueError as error:
-        raise CheckpointError(f"{source}: {error}") from error
-    return _load_into(backbone, converted, str(source), kind)
-
-
-def _load_into(
-    backbone: nn.Module, converted: dict[str, Tensor], source: str, kind: str
-) -> BackboneLoadReport:
-    expected = backbone.state_dict()
-    report = BackboneLoadReport(source=source, kind=kind)
-    usable = {}
-    for key, value in converted.items():
-        if key not in expected:
-            report.unexpected.append(key)
-        elif tuple(value.shape) != tuple(expected[key].shape):
-            report.mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}")
-        else:
-            usable[key] = value
-    report.loaded = sorted(usable)
-    report.missing = sorted(k for k in expected if k not in usable and not _is_derived(k))
-    if not usable:
-        raise CheckpointError(f"{source} has no tensor that fits the backbone:\n{report.summary()}")
-    backbone.load_state_dict(usable, strict=False)
-    return report
-
-
-def _is_derived(key: str) -> bool:
-    """Buffers that are not weights (e.g. BatchNorm step counters)."""
-    return key.endswith("num_batches_tracked")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focus_detr.config import LossConfig
 from focus_detr.losses.focal import sigmoid_focal_loss
 from focus_detr.losses.foreground import LevelRanges, foreground_loss, foreground_targets
 from focus_detr.losses.matcher import HungarianMatcher, MatchIndices
@@ -36,21 +37,25 @@ from focus_detr.ops.boxes import (
 from focus_detr.structures import DenoisingOutput, FocusDETROutput
 
 if TYPE_CHECKING:
-    from focus_detr.config import LossConfig, ModelConfig
+    from focus_detr.config import ModelConfig
 
-BASE_LOSS_WEIGHTS: dict[str, float] = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+BASE_LOSS_WEIGHTS: dict[str, float] = {
+    "loss_class": LossConfig.class_weight,
+    "loss_bbox": LossConfig.box_weight,
+    "loss_giou": LossConfig.giou_weight,
+}
 FOREGROUND_LOSS_NAME = "select_loss"
 
 
 def default_weight_dict(
     num_decoder_layers: int = 6,
-    foreground_weight: float = 1.5,
+    foreground_weight: float = LossConfig.foreground_weight,
     *,
-    class_weight: float = BASE_LOSS_WEIGHTS["loss_class"],
-    box_weight: float = BASE_LOSS_WEIGHTS["loss_bbox"],
-    giou_weight: float = BASE_LOSS_WEIGHTS["loss_giou"],
+    class_weight: float = LossConfig.class_weight,
+    box_weight: float = LossConfig.box_weight,
+    giou_weight: float = LossConfig.giou_weight,
 ) -> dict[str, float]:
-    """The single loss-weight table: the same class / L1 / GIoU weights (1 / 5 / 2 by default)
+    """The single loss-weight table: the same class / L1 / GIoU weights (LossConfig's default)
     for every group (final, auxiliary, two-stage, denoising), and the foreground weight."""
     suffixes = ["", "_enc", "_dn"]
     suffixes += [f"_{i}" for i in range(num_decoder_layers - 1)]
@@ -121,7 +126,7 @@ class SetCriterion(nn.Module):
     Args:
         num_classes: number of object classes (no background class).
         matcher: query-to-target assignment (default :class:`HungarianMatcher` with the
-            Focus-DETR costs 2 / 5 / 2).
+            Focus-DETR costs of :class:`~focus_detr.config.LossConfig`).
         weight_dict: loss name -> weight; default :func:`default_weight_dict`.
         focal_alpha: focal loss weight of positives (classification and foreground).
         focal_gamma: focal loss focusing exponent.
@@ -139,9 +144,9 @@ class SetCriterion(nn.Module):
         matcher: HungarianMatcher | None = None,
         *,
         weight_dict: Mapping[str, float] | None = None,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        foreground_weight: float = 1.5,
+        focal_alpha: float = LossConfig.focal_alpha,
+        focal_gamma: float = LossConfig.focal_gamma,
+        foreground_weight: float = LossConfig.foreground_weight,
         num_decoder_layers: int = 6,
         level_ranges: LevelRanges | None = None,
     ) -> None:

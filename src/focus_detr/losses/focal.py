@@ -10,9 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from focus_detr.config import LossConfig
+
 
 def sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = LossConfig.focal_alpha,
+    gamma: float = LossConfig.focal_gamma,
 ) -> Tensor:
     """Element-wise focal loss, no reduction.
 

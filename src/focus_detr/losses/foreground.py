@@ -75,8 +75,8 @@ def foreground_loss(
     foreground_logits: Tensor,
     targets: Tensor,
     padding_mask: Tensor,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
+    alpha: float = LossConfig.focal_alpha,
+    gamma: float = LossConfig.focal_gamma,
     num_images: int | None = None,
 ) -> Tensor:
     """Focal loss of the foreground scores, normalised per image by its foreground count.

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from focus_detr.config import LossConfig
 from focus_detr.ops.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
 MatchIndices = list[tuple[Tensor, Tensor]]
@@ -35,11 +36,11 @@ class HungarianMatcher:
 
     def __init__(
         self,
-        cost_class: float = 2.0,
-        cost_bbox: float = 5.0,
-        cost_giou: float = 2.0,
-        alpha: float = 0.25,
-        gamma: float = 2.0,
+        cost_class: float = LossConfig.match_class_cost,
+        cost_bbox: float = LossConfig.match_box_cost,
+        cost_giou: float = LossConfig.match_giou_cost,
+        alpha: float = LossConfig.focal_alpha,
+        gamma: float = LossConfig.focal_gamma,
     ) -> None:
         if min(cost_class, cost_bbox, cost_giou) < 0:
             raise ValueError("matching cost weights must be >= 0")

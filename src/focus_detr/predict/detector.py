@@ -87,22 +87,21 @@ class Runtime:
         name: what ``--backend`` / ``runtime=`` call it.
         suffixes: weights files it opens by default (lower case).
         capabilities: what its detectors offer (known before a file is opened).
-        opener: ``module:function`` opening a file: ``opener(path, device=..., threads=...)``.
-        install: how to install what it needs, for error messages.
+        detector_class: ``module:Class`` of its detectors, whose ``Class.open(path,
+            device=..., threads=...)`` opens a file (empty for ``torch``).
     """
 
     name: str
     suffixes: tuple[str, ...]
     capabilities: Capabilities
-    opener: str = ""
-    install: str = ""
+    detector_class: str = ""
 
     def open(
         self, path: str | os.PathLike[str], *, device: torch.device | str, threads: int | None
     ) -> Detector:
         """Open ``path`` with this runtime (not for ``torch``: see :func:`load_model`)."""
-        module, _, function = self.opener.partition(":")
-        opened: Detector = getattr(importlib.import_module(module), function)(
+        module, _, name = self.detector_class.partition(":")
+        opened: Detector = getattr(importlib.import_module(module), name).open(
             path, device=device, threads=threads
         )
         return opened
@@ -110,20 +109,18 @@ class Runtime:
 
 #: The runtimes, by name. ``torch`` reads checkpoints (anything not claimed by another).
 RUNTIMES: dict[str, Runtime] = {
-    "torch": Runtime("torch", (), FocusDETR.capabilities, install="pip install focus-detr"),
+    "torch": Runtime("torch", (), FocusDETR.capabilities),
     "onnxruntime": Runtime(
         "onnxruntime",
         (".onnx",),
         Capabilities("onnxruntime"),
-        opener="focus_detr.deploy.onnx_runtime:OnnxRuntimeDetector.open",
-        install='pip install "focus-detr[onnx]"',
+        detector_class="focus_detr.deploy.onnx_runtime:OnnxRuntimeDetector",
     ),
     "openvino": Runtime(
         "openvino",
         (".xml",),
         Capabilities("openvino"),
-        opener="focus_detr.deploy.openvino_runtime:OpenVinoDetector.open",
-        install='pip install "focus-detr[openvino]"',
+        detector_class="focus_detr.deploy.openvino_runtime:OpenVinoDetector",
     ),
 }
 
