@@ -1,5 +1,8 @@
 """The ``focus-detr`` command line: one module per subcommand.
 
+Each module gives ``NAME``, ``HELP``, ``DESCRIPTION``, ``add_arguments(parser)`` and
+``run(args) -> exit status``.
+
 ``main`` prints a user's mistake (bad options, a missing or unreadable file, an invalid setting,
 a bad dataset entry) as one ``error:`` line with exit status 2; anything else, a bug, keeps its
 traceback.
@@ -24,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for command in _COMMANDS:
-        command.add_parser(commands)
+        subparser = commands.add_parser(
+            command.NAME, help=command.HELP, description=command.DESCRIPTION
+        )
+        command.add_arguments(subparser)
+        subparser.set_defaults(run=command.run)
     return parser
 
 

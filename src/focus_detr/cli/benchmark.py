@@ -6,17 +6,16 @@ import argparse
 
 from focus_detr.cli import common
 
+NAME = "benchmark"
+HELP = "FLOPs, latency and memory of the Focus encoder vs the dense baseline"
+DESCRIPTION = (
+    "Measure the model at its keep ratio (or at each --keep-ratio) and the dense "
+    "baseline (keep ratio 1, cascade of ones) in one run: GFLOPs by stage, latency "
+    "(median and quartiles after warm-up) by stage and end to end, peak memory."
+)
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "benchmark",
-        help="FLOPs, latency and memory of the Focus encoder vs the dense baseline",
-        description=(
-            "Measure the model at its keep ratio (or at each --keep-ratio) and the dense "
-            "baseline (keep ratio 1, cascade of ones) in one run: GFLOPs by stage, latency "
-            "(median and quartiles after warm-up) by stage and end to end, peak memory."
-        ),
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="focus_detr_r50_4scale_12ep")
     parser.add_argument(
         "--size", type=common.image_size, default=(800, 1333), help="HxW of the input images"
@@ -51,7 +50,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-step", action="store_true", help="also time a training step")
     parser.add_argument("--no-flops", action="store_true", help="skip operation counting")
     parser.add_argument("--json", help="write the full results here")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

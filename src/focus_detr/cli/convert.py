@@ -15,17 +15,16 @@ from typing import Any
 from focus_detr.cli import common
 from focus_detr.data.discovery import FORMATS
 
+NAME = "convert"
+HELP = "write a YOLO or Pascal VOC dataset as COCO JSON (one file per split)"
+DESCRIPTION = (
+    "Convert the splits of a dataset folder (YOLO data.yaml, Pascal VOC or COCO) to COCO "
+    "instances JSON. --out FILE.json writes one split; --out FOLDER writes "
+    "FOLDER/instances_<split>.json for each."
+)
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "convert",
-        help="write a YOLO or Pascal VOC dataset as COCO JSON (one file per split)",
-        description=(
-            "Convert the splits of a dataset folder (YOLO data.yaml, Pascal VOC or COCO) to COCO "
-            "instances JSON. --out FILE.json writes one split; --out FOLDER writes "
-            "FOLDER/instances_<split>.json for each."
-        ),
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="dataset folder (or a YOLO data.yaml)")
     parser.add_argument("--out", required=True, help="a .json file (one split) or a folder")
     parser.add_argument("--format", choices=FORMATS, help="dataset format (default: detected)")
@@ -35,7 +34,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         dest="splits",
         help="split to convert (repeatable; default: the training and validation splits)",
     )
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,13 +13,12 @@ from typing import Any
 from focus_detr.cli import common
 from focus_detr.data.discovery import FORMATS
 
+NAME = "eval"
+HELP = "COCO box AP of a checkpoint on a COCO, YOLO or Pascal VOC dataset"
+DESCRIPTION = "Evaluate weights on a split of a dataset folder; prints the COCO table."
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "eval",
-        help="COCO box AP of a checkpoint on a COCO, YOLO or Pascal VOC dataset",
-        description="Evaluate weights on a split of a dataset folder; prints the COCO table.",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_model_source(parser, keep_ratio_help="encoder keep ratio (default: the model's)")
     common.add_backend(parser)
     parser.add_argument(
@@ -36,7 +35,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--workers", type=common.non_negative_int, default=2, help="data loader processes (2)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,18 +7,17 @@ from pathlib import Path
 
 from focus_detr.cli import common
 
+NAME = "export"
+HELP = "export weights to ONNX (run it with predict/eval --weights model.onnx)"
+DESCRIPTION = (
+    "Export the detector to one ONNX file: padded uint8 images and their sizes in, "
+    "each image's top detections out; batch, height and width dynamic unless --static. "
+    "The preset, class names, test resize and configuration go into its metadata. "
+    "See docs/deploy.md."
+)
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "export",
-        help="export weights to ONNX (run it with predict/eval --weights model.onnx)",
-        description=(
-            "Export the detector to one ONNX file: padded uint8 images and their sizes in, "
-            "each image's top detections out; batch, height and width dynamic unless --static. "
-            "The preset, class names, test resize and configuration go into its metadata. "
-            "See docs/deploy.md."
-        ),
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_model_source(parser, keep_ratio_help="encoder keep ratio to bake in")
     parser.add_argument("--out", required=True, help="output .onnx file")
     parser.add_argument(
@@ -44,7 +43,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default="grid_sample",
         help="GridSample ops (default) or GatherElements only",
     )
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

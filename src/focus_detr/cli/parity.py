@@ -6,20 +6,18 @@ import argparse
 
 from focus_detr.cli import common
 
+NAME = "parity"
+HELP = "compare with a reference fixture computed by the official code"
+DESCRIPTION = (
+    "Build the fixture's architecture in float64 with weights synthesised from a "
+    "state-dict manifest, run it on the fixture's image and compare every array."
+)
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "parity",
-        help="compare with a reference fixture computed by the official code",
-        description=(
-            "Build the fixture's architecture in float64 with weights synthesised from a "
-            "state-dict manifest, run it on the fixture's image and compare every array."
-        ),
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("fixture", help=".npz written by the reference script")
     parser.add_argument("--manifest", required=True, help="keys/<config>.json(.gz)")
     parser.add_argument("--preset", help="preset to build (default: from the fixture's config)")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,18 +7,17 @@ import sys
 
 from focus_detr.cli import common
 
+NAME = "predict"
+HELP = "detect objects in images and videos; writes predictions and annotated copies"
+DESCRIPTION = (
+    "Detect objects in image and video files or folders (searched recursively). "
+    "Results are written as they come: OUT/predictions.jsonl (one line per image), "
+    "OUT/predictions.json (COCO results, at the end or on Ctrl-C), OUT/annotated/, "
+    "OUT/videos/<name>.jsonl (one line per frame) and OUT/focus_maps/."
+)
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "predict",
-        help="detect objects in images and videos; writes predictions and annotated copies",
-        description=(
-            "Detect objects in image and video files or folders (searched recursively). "
-            "Results are written as they come: OUT/predictions.jsonl (one line per image), "
-            "OUT/predictions.json (COCO results, at the end or on Ctrl-C), OUT/annotated/, "
-            "OUT/videos/<name>.jsonl (one line per frame) and OUT/focus_maps/."
-        ),
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image and video files and/or folders")
     common.add_model_source(parser, keep_ratio_help="encoder keep ratio (default: the model's)")
     common.add_backend(parser)
@@ -64,7 +63,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--workers", type=common.non_negative_int, default=2, help="image reading threads (2)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(run=run)
 
 
 def _overlap(text: str) -> float:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+NAME = "presets"
+HELP = "list the named models (model zoo rows)"
+DESCRIPTION = None
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("presets", help="list the named models (model zoo rows)")
-    parser.set_defaults(run=run)
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options
 
 
 def run(args: argparse.Namespace) -> int:

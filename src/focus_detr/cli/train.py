@@ -22,17 +22,17 @@ SYNTHETIC_PRESET = "focus_detr_tiny"
 COCO_PRESET = "focus_detr_r50_4scale_12ep"
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "train",
-        help="train a model (built-in synthetic data by default) and print its COCO AP",
-        description=(
-            "Train Focus-DETR. Without --data: the CPU preset focus_detr_tiny on the built-in "
-            "synthetic dataset. With --data ROOT: a COCO, YOLO (data.yaml) or Pascal VOC "
-            "folder. Fine-tune with --init-weights. Several processes: "
-            "torchrun --nproc_per_node N -m focus_detr.cli train ..."
-        ),
-    )
+NAME = "train"
+HELP = "train a model (built-in synthetic data by default) and print its COCO AP"
+DESCRIPTION = (
+    "Train Focus-DETR. Without --data: the CPU preset focus_detr_tiny on the built-in "
+    "synthetic dataset. With --data ROOT: a COCO, YOLO (data.yaml) or Pascal VOC "
+    "folder. Fine-tune with --init-weights. Several processes: "
+    "torchrun --nproc_per_node N -m focus_detr.cli train ..."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help=f"model preset ({SYNTHETIC_PRESET} / {COCO_PRESET})")
     parser.add_argument(
         "--data", help="dataset folder: COCO, YOLO (data.yaml) or Pascal VOC (detected)"
@@ -94,7 +94,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     parser.add_argument("--workers", type=common.non_negative_int, help="data loader processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

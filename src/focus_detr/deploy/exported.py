@@ -55,27 +55,11 @@ class ExportedDetector:
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def keep_ratio(self) -> float:
-        return self.config.keep_ratio
-
-    @property
-    def cascade(self) -> tuple[float, ...]:
-        return self.config.cascade
-
     def set_keep_ratio(self, keep_ratio: float, cascade: Sequence[float] | None = None) -> None:
         """Not possible: the token budget is part of the exported graph."""
         raise ValueError(
-            f"the keep ratio of {self.source} is fixed at export ({self.keep_ratio}); export "
-            "again with `focus-detr export --keep-ratio ...`"
+            f"the keep ratio of {self.source} is fixed at export ({self.config.keep_ratio}); "
+            "export again with `focus-detr export --keep-ratio ...`"
         )
 
     def __call__(self, images: ImageBatch | Sequence[Tensor]) -> list[dict[str, Tensor]]:

@@ -15,8 +15,9 @@ Names load on first use (``import focus_detr.predict`` stays light).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from focus_detr import lazy_attributes
 
 _EXPORTS = {
     "Capabilities": "focus_detr.structures",
@@ -74,14 +75,4 @@ if TYPE_CHECKING:
     from focus_detr.structures import Capabilities
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'focus_detr.predict' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, globals())

@@ -14,13 +14,13 @@ so the files of one input are easy to find and no two inputs write to the same f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from torch import Tensor
@@ -175,7 +175,7 @@ def _check_writable(out_dir: Path) -> None:
         raise UsageError(f"--out {out_dir}: cannot write there ({error.strerror})") from error
 
 
-class JsonLines:
+class JsonLines(contextlib.AbstractContextManager["JsonLines"]):
     """Append JSON records to a file, one per line, each flushed at once (kept on a crash)."""
 
     def __init__(self, path: Path) -> None:
@@ -190,15 +190,7 @@ class JsonLines:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> JsonLines:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
@@ -269,17 +270,21 @@ def _save_pictures(
     plan: PredictionPlan,
     categories: Categories,
 ) -> None:
-    drawing = draw_detections(
-        image.pixels,
+    save_image(_drawn(image.pixels, detections, categories), plan.annotated_path(image.path))
+    if focus is not None:
+        picture = draw_focus_map(image.pixels, focus, detections, categories.names)
+        save_image(picture, plan.focus_map_path(image.path))
+
+
+def _drawn(pixels: Tensor, detections: dict[str, Tensor], categories: Categories) -> Image.Image:
+    """``pixels`` with the boxes, class names and scores of ``detections`` drawn (a picture)."""
+    return draw_detections(
+        pixels,
         detections["boxes"],
         detections["labels"],
         detections["scores"],
         class_names=categories.names,
     )
-    save_image(drawing, plan.annotated_path(image.path))
-    if focus is not None:
-        picture = draw_focus_map(image.pixels, focus, detections, categories.names)
-        save_image(picture, plan.focus_map_path(image.path))
 
 
 def _predict_video(
@@ -343,13 +348,7 @@ class _LazyVideoWriter:
     def write(
         self, frame: VideoFrame, detections: dict[str, Tensor], categories: Categories
     ) -> None:
-        drawing = draw_detections(
-            frame.pixels,
-            detections["boxes"],
-            detections["labels"],
-            detections["scores"],
-            class_names=categories.names,
-        )
+        drawing = _drawn(frame.pixels, detections, categories)
         if self._writer is None:
             height, width = int(frame.pixels.shape[1]), int(frame.pixels.shape[2])
             self._writer = VideoWriter(

@@ -6,12 +6,13 @@ upright RGB ``uint8 [3, H, W]`` tensors, like :func:`focus_detr.io.read_image` g
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -111,7 +112,7 @@ def read_frames(path: str | os.PathLike[str], *, stride: int = 1) -> Iterator[Vi
         raise VideoReadError(f"cannot read video {path}: {error}", path) from error
 
 
-class VideoWriter:
+class VideoWriter(contextlib.AbstractContextManager["VideoWriter"]):
     """Encode RGB frames into an H.264 ``.mp4`` (MPEG-4 Part 2 when FFmpeg lacks libx264).
 
     Odd frame sides are padded by one black row/column (4:2:0 chroma needs even sides). Use as
@@ -151,13 +152,5 @@ class VideoWriter:
         finally:
             self._container.close()
 
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
