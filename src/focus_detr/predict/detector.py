@@ -44,6 +44,7 @@ __all__ = [
     "Detector",
     "LoadedModel",
     "Runtime",
+    "capabilities_of",
     "load_model",
     "load_pytorch_model",
     "runtime_for",
@@ -77,6 +78,13 @@ class Detector(Protocol):
     def __call__(self, images: ImageBatch | Sequence[Tensor]) -> Any: ...
 
     def set_keep_ratio(self, keep_ratio: float, cascade: Sequence[float] | None = None) -> None: ...
+
+
+def capabilities_of(detector: object) -> Capabilities:
+    """``detector.capabilities``; a detector of one's own that has only ``config``, ``device``
+    and the call (e.g. a wrapper) declares nothing beyond detecting."""
+    declared = getattr(detector, "capabilities", None)
+    return declared if isinstance(declared, Capabilities) else Capabilities("custom")
 
 
 @dataclass(frozen=True)

@@ -99,8 +99,9 @@ def compute_focus_maps(
 
 
 def _check_raw_outputs(model: object) -> None:
-    capabilities = getattr(model, "capabilities", None)
-    if capabilities is None or not capabilities.raw_outputs:
+    from focus_detr.predict.detector import capabilities_of
+
+    if not capabilities_of(model).raw_outputs:
         raise TypeError("focus maps need the PyTorch FocusDETR model (its raw outputs)")
 
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from focus_detr.data.categories import Categories
 from focus_detr.errors import UsageError
 from focus_detr.io import ImageReadError, atomic_write_bytes, read_image
+from focus_detr.predict.detector import capabilities_of
 from focus_detr.predict.draw import draw_detections, save_image
 from focus_detr.predict.draw_focus import draw_focus_map
 from focus_detr.predict.focus_maps import FocusMap, focus_maps_of_inputs
@@ -123,7 +124,7 @@ def run_prediction(
             pyav()
         except ImportError as error:
             raise UsageError(f"{len(plan.videos)} video(s) to read, but {error}") from None
-    if options.focus_maps and not predictor.model.capabilities.raw_outputs:
+    if options.focus_maps and not capabilities_of(predictor.model).raw_outputs:
         raise UsageError("focus maps need the PyTorch model (its raw outputs)")
     run = PredictionRun(results_path=plan.results_path)
     with _leave_a_core_to_the_pipeline(predictor):
@@ -146,7 +147,7 @@ def _leave_a_core_to_the_pipeline(predictor: Predictor) -> Iterator[None]:
     threads = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     model = predictor.model
-    cpu = model.capabilities.torch_threads and model.device.type == "cpu"
+    cpu = capabilities_of(model).torch_threads and model.device.type == "cpu"
     if not cpu or predictor.batch_size > 1 or cores is None or threads < cores or cores < 2:
         yield
         return
