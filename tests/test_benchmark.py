@@ -114,3 +114,55 @@ def test_cpu_peak_memory_tracks_live_tensors() -> None:
     peak = peak_memory(allocate, torch.device("cpu"))
     assert 24 * 2**20 <= peak < 26 * 2**20
     assert peak_memory(allocate, torch.device("cpu")) == peak
+
+
+class _EchoDetector:
+    """A stand-in runtime: 'opens' any file and detects nothing."""
+
+    opened: list[str] = []
+
+    @classmethod
+    def open(cls, path, *, device, threads):
+        cls.opened.append(str(path))
+        return cls()
+
+    def __call__(self, images):
+        return [{} for _ in images]
+
+
+def test_benchmark_times_exported_runtimes_beside_torch_against_the_bound(
+    tmp_path, monkeypatch, capfd
+) -> None:
+    import sys
+    import types
+
+    from focus_detr.deploy import onnx_export
+    from focus_detr.predict.detector import RUNTIMES, Runtime
+    from focus_detr.structures import Capabilities
+
+    def fake_export(model, path, **kwargs):
+        path.write_bytes(b"graph")
+        return types.SimpleNamespace(path=path, seconds=1.5, size_bytes=2**20)
+
+    module = types.ModuleType("echo_runtime")
+    module.EchoDetector = _EchoDetector
+    monkeypatch.setitem(sys.modules, "echo_runtime", module)
+    monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
+    for name in ("onnxruntime", "openvino"):  # both exported rows, without either package
+        monkeypatch.setitem(
+            RUNTIMES, name, Runtime(name, (), Capabilities(name), "echo_runtime:EchoDetector")
+        )
+    out = tmp_path / "bench.json"
+    arguments = ["benchmark", "--preset", "focus_detr_tiny", "--size", "96x128", "--runs", "2"]
+    arguments += ["--warmup", "0", "--device", "cpu", "--backend", "torch", "onnxruntime"]
+    assert main([*arguments, "openvino", "--json", str(out)]) == 0
+    table = capfd.readouterr().out
+    assert len(_EchoDetector.opened) == 2  # the Focus variant only, one file for both
+    assert "onnxruntime ms (median)" in table and "openvino ms (median)" in table
+    assert "compute bound:" in table and "end to end: openvino" in table
+    report = json.loads(out.read_text())
+    assert report["peak"]["gflops"] > 0 and report["peak"]["best"] in report["peak"]["probes"]
+    focus, dense = report["variants"]
+    assert set(focus["exported"]) == {"onnxruntime", "openvino"} and not dense["exported"]
+    for timing in focus["exported"].values():
+        assert len(timing["latency_s"]) == 2 and timing["export_s"] == 1.5

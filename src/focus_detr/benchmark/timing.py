@@ -45,17 +45,26 @@ def measure_latency(
     run: Callable[[], object], device: torch.device, *, warmup: int, repeats: int
 ) -> Latency:
     """Time ``run()`` ``repeats`` times after ``warmup`` untimed calls."""
+    return measure_interleaved({"run": run}, device, warmup=warmup, repeats=repeats)["run"]
+
+
+def measure_interleaved(
+    runs: dict[str, Callable[[], object]], device: torch.device, *, warmup: int, repeats: int
+) -> dict[str, Latency]:
+    """Time several callables in turn (a, b, c, a, b, c, ...), so that a change in the
+    machine's load during the measurement reaches all of them alike."""
     for _ in range(warmup):
-        run()
-    _synchronize(device)
-    times = []
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        run()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return Latency(times)
+        for name, run in runs.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            run()
+            _synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: Latency(values) for name, values in times.items()}
 
 
 class _StageClock:

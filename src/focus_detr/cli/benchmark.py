@@ -41,14 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         nargs="+",
-        choices=["torch", "onnxruntime"],
+        choices=common.RUNTIME_NAMES,
         default=["torch"],
-        help="what to time: torch (default), onnxruntime (exports the Focus variants to a "
-        "temporary ONNX file first), or both",
+        help="runtimes to time side by side: torch (default), onnxruntime, openvino (the "
+        "exported ones export the Focus variants to a temporary ONNX file first)",
     )
     parser.add_argument("--weights", help="optional checkpoint (random weights otherwise)")
     parser.add_argument("--train-step", action="store_true", help="also time a training step")
-    parser.add_argument("--no-flops", action="store_true", help="skip operation counting")
+    parser.add_argument(
+        "--no-flops",
+        action="store_true",
+        help="skip operation counting (and so the compute-bound table)",
+    )
+    parser.add_argument(
+        "--no-peak", action="store_true", help="skip measuring the machine's dense rate"
+    )
     parser.add_argument("--json", help="write the full results here")
 
 
@@ -57,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from focus_detr.benchmark.run import BenchmarkSettings, format_report, run_benchmark
+    from focus_detr.benchmark.report import format_report
+    from focus_detr.benchmark.run import BenchmarkSettings, run_benchmark
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         train_step=args.train_step,
         weights=args.weights,
         count_flops=not args.no_flops,
+        measure_peak=not (args.no_peak or args.no_flops),
         backends=tuple(dict.fromkeys(args.backend)),
     )
     report = run_benchmark(settings)
