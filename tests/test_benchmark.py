@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -119,7 +120,7 @@ def test_cpu_peak_memory_tracks_live_tensors() -> None:
 class _EchoDetector:
     """A stand-in runtime: 'opens' any file and detects nothing."""
 
-    opened: list[str] = []
+    opened: ClassVar[list[str]] = []
 
     @classmethod
     def open(cls, path, *, device, threads):
