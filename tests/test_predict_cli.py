@@ -80,6 +80,7 @@ def test_predict_end_to_end(release_zip, images, tmp_path, capsys) -> None:
     captured = capsys.readouterr()
     assert status == 1  # one unreadable file
     assert "broken.jpg" in captured.err
+    assert "6 images" in captured.out and "images/s (torch, batch 1)" in captured.out
     predictions = json.loads((out / "predictions.json").read_text())
     by_file: dict[str, list[dict]] = {}
     for item in predictions:

@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{result.num_images} images{videos} (short side {predictor.min_size}, long side <= "
         f"{predictor.max_size}), {result.num_detections} detections >= {args.threshold} -> "
-        f"{plan.out_dir}"
+        f"{plan.out_dir}; {result.seconds:.1f} s, {result.items_per_second:.2f} "
+        f"{'images and frames' if plan.videos else 'images'}/s ({runtime.name}, batch "
+        f"{args.batch_size})"
     )
     if result.failed:
         print(f"{len(result.failed)} files could not be read:", file=sys.stderr)
