@@ -240,3 +240,38 @@ def test_import_focus_detr_loads_no_openvino() -> None:
 def test_the_compile_settings_keep_float32(detector) -> None:
     """OpenVINO would compute in bfloat16 on CPUs with AMX, which fails the accuracy contract."""
     assert detector.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+
+
+@pytest.mark.slow  # NNCF takes half a minute even for 4 images
+def test_int8_export_runs_and_says_so(exported, synthetic, tmp_path) -> None:
+    """``--int8`` quantizes with NNCF on the calibration images (here 4): a smaller IR that
+    loads and detects like any other. (Its accuracy is in docs/deploy.md, on a trained model.)"""
+    pytest.importorskip("nncf")
+    out = tmp_path / "int8.xml"
+    arguments = ["export", "--weights", str(exported.onnx), "--format", "openvino", "--int8"]
+    options = ["--calibration-images", str(synthetic.val_images), "--calibration-size", "4"]
+    assert main([*arguments, *options, "--out", str(out)]) == 0
+    model = read_openvino_model(out)
+    assert deployment_props(model)["precision"] == "int8 (NNCF, 4 calibration images)"
+    assert out.with_suffix(".bin").stat().st_size < exported.ir.with_suffix(".bin").stat().st_size
+    detector, categories = focus_detr.load_model(out)
+    found = detector(random_images([(192, 256)], seed=6))[0]
+    assert categories.names == CLASS_NAMES and found["scores"].dtype == torch.float32
+
+
+def test_int8_needs_openvino_calibration_images_and_nncf(
+    exported, synthetic, tmp_path, monkeypatch, capsys
+) -> None:
+    arguments = ["export", "--weights", str(exported.onnx), "--int8"]
+    images = ["--calibration-images", str(synthetic.val_images)]
+    for extra, message in (
+        ([*images, "--out", str(tmp_path / "a.onnx")], "add --format openvino"),
+        (["--format", "openvino", "--out", str(tmp_path / "b.xml")], "needs --calibration-images"),
+    ):
+        assert main([*arguments, *extra]) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "nncf", None)  # import fails
+    out = ["--format", "openvino", "--out", str(tmp_path / "c.xml")]
+    assert main([*arguments, *images, *out]) == 2
+    assert 'pip install "focus-detr[int8]"' in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

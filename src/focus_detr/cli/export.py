@@ -66,6 +66,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["grid_sample", "corner_gather"],
         help="GridSample ops (grid_sample, the default) or GatherElements only",
     )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="--format openvino: quantize to INT8 with NNCF (needs --calibration-images)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        metavar="FOLDER",
+        nargs="+",
+        help="images (files or folders) to calibrate the INT8 quantization on, e.g. a "
+        "training or validation split",
+    )
+    parser.add_argument(
+        "--calibration-size",
+        type=common.positive_int,
+        default=300,
+        help="calibration images used at most (300)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     runtime = runtime_for(args.weights).name
     _check_output(args)
+    _check_int8(args)
     if runtime == "torch":
         report = _export_checkpoint(args)
     elif runtime == "onnxruntime" and args.format == "openvino":
@@ -107,6 +126,28 @@ def _check_output(args: argparse.Namespace) -> None:
         )
 
 
+def _check_int8(args: argparse.Namespace) -> None:
+    """``--int8`` comes with ``--format openvino`` and calibration images (found here, before
+    any export); ``args.calibration_files`` gets the image files (None without ``--int8``)."""
+    args.calibration_files = None
+    if not args.int8:
+        if args.calibration_images:
+            raise common.UsageError("--calibration-images is for --int8")
+        return
+    if args.format != "openvino":
+        raise common.UsageError("--int8 quantizes an OpenVINO IR: add --format openvino")
+    if not args.calibration_images:
+        raise common.UsageError("--int8 needs --calibration-images (a folder of images)")
+    from focus_detr.deploy.openvino_quantize import import_nncf
+    from focus_detr.io import list_image_files
+
+    import_nncf()
+    files = list_image_files(args.calibration_images)
+    if not files:
+        raise common.UsageError(f"no images in {' '.join(args.calibration_images)}")
+    args.calibration_files = files[: args.calibration_size]
+
+
 def _export_checkpoint(args: argparse.Namespace) -> Any:
     """Export a checkpoint to ``args.format``; the report of the export."""
     from focus_detr.predict.detector import load_pytorch_model
@@ -128,7 +169,13 @@ def _export_checkpoint(args: argparse.Namespace) -> Any:
     if args.format == "openvino":
         from focus_detr.deploy.openvino_export import export_openvino
 
-        return export_openvino(loaded.model, args.out, **options)
+        return export_openvino(
+            loaded.model,
+            args.out,
+            calibration_images=args.calibration_files,
+            calibration_size=args.calibration_size,
+            **options,
+        )
     from focus_detr.deploy.onnx_export import export_onnx
 
     return export_onnx(loaded.model, args.out, **options)
@@ -145,5 +192,11 @@ def _convert_onnx(args: argparse.Namespace) -> Any:
             f"{args.weights} is already exported: {options} cannot change it (export the "
             "checkpoint again instead)"
         )
-    print(f"converting {args.weights} to {args.out}")
-    return convert_onnx_to_openvino(args.weights, args.out)
+    int8 = f", INT8 on {len(args.calibration_files)} images" if args.calibration_files else ""
+    print(f"converting {args.weights} to {args.out}{int8}")
+    return convert_onnx_to_openvino(
+        args.weights,
+        args.out,
+        calibration_images=args.calibration_files,
+        calibration_size=args.calibration_size,
+    )

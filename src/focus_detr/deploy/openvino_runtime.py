@@ -77,6 +77,7 @@ class OpenVinoDetector(ExportedDetector):
         *,
         device: torch.device | str = "cpu",
         threads: int | None = None,
+        properties: Mapping[str, str] | None = None,
     ) -> OpenVinoDetector:
         """Read ``path`` (an IR ``.xml`` beside its ``.bin``, or an exported ONNX file) and
         compile it for the CPU.
@@ -85,6 +86,8 @@ class OpenVinoDetector(ExportedDetector):
             device: ``cpu``; any other device is a warning, and the CPU (this package runs
                 OpenVINO on CPUs only).
             threads: inference threads (default: OpenVINO's, one per physical core).
+            properties: CPU plugin properties that replace or add to :data:`COMPILE_SETTINGS`
+                (e.g. ``{"PERFORMANCE_HINT": "THROUGHPUT"}``).
 
         Raises:
             FileNotFoundError: no such file.
@@ -104,6 +107,7 @@ class OpenVinoDetector(ExportedDetector):
         settings = dict(COMPILE_SETTINGS)
         if threads is not None:
             settings["INFERENCE_NUM_THREADS"] = str(threads)
+        settings.update(properties or {})
         try:
             compiled = ov.Core().compile_model(model, "CPU", settings)
         except Exception as error:  # OpenVINO raises its own types
