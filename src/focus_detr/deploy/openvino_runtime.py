@@ -19,6 +19,7 @@ The compile settings (:data:`COMPILE_SETTINGS`) hold two choices that matter her
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,6 +69,7 @@ class OpenVinoDetector(ExportedDetector):
         super().__init__(metadata, source)
         self.compiled = compiled
         self._request = compiled.create_infer_request()
+        self._request_lock = threading.Lock()  # one request: calls from threads take turns
         self._output_names = [output.get_any_name() for output in compiled.outputs]
 
     @classmethod
@@ -115,8 +117,9 @@ class OpenVinoDetector(ExportedDetector):
         return cls(compiled, metadata, source)
 
     def run_graph(self, pixels: np.ndarray, image_sizes: np.ndarray) -> Mapping[str, np.ndarray]:
-        results = self._request.infer({"images": pixels, "image_sizes": image_sizes})
-        return {name: results[index] for index, name in enumerate(self._output_names)}
+        with self._request_lock:
+            results = self._request.infer({"images": pixels, "image_sizes": image_sizes})
+            return {name: results[index] for index, name in enumerate(self._output_names)}
 
 
 def read_openvino_model(path: str | os.PathLike[str]) -> Any:
