@@ -8,7 +8,7 @@ a busy machine slows all of them alike; the table gives each runtime's median an
 the rounds, and its ratio to PyTorch's median. Numbers in ``docs/deploy.md``.
 
 OpenVINO is timed with the package's compile settings (``openvino``) and with the variants named
-in ``--openvino-variants`` (:data:`VARIANTS`); ``--int8 MODEL.xml`` adds a quantized IR.
+in ``--openvino-variants`` (:data:`VARIANTS`); ``--int8 MODEL.xml ...`` adds quantized IRs.
 
 Usage::
 
@@ -71,8 +71,8 @@ def detectors(args: argparse.Namespace) -> dict[str, Callable[[torch.Tensor], ob
         openvino[f"openvino {name}"] = OpenVinoDetector.open(
             ir_path, threads=threads, properties=properties
         )
-    if args.int8 is not None:
-        openvino["openvino int8"] = OpenVinoDetector.open(args.int8, threads=threads)
+    for path in args.int8:
+        openvino[f"openvino int8 {path.stem}"] = OpenVinoDetector.open(path, threads=threads)
     for name, detector in openvino.items():
         runs[name] = lambda image, detector=detector: detector([image])
     return runs
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=Path("bench_runtimes"))
     parser.add_argument("--openvino-variants", nargs="*", default=[], choices=sorted(VARIANTS))
-    parser.add_argument("--int8", type=Path, help="a quantized IR to time too")
+    parser.add_argument("--int8", type=Path, nargs="*", default=[], help="quantized IRs to time")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

@@ -240,6 +240,8 @@ def test_import_focus_detr_loads_no_openvino() -> None:
 def test_the_compile_settings_keep_float32(detector) -> None:
     """OpenVINO would compute in bfloat16 on CPUs with AMX, which fails the accuracy contract."""
     assert detector.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    assert detector.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    assert not detector.compiled.get_property("ENABLE_CPU_PINNING")
 
 
 @pytest.mark.slow  # NNCF takes half a minute even for 4 images

@@ -6,14 +6,18 @@
 for the CPU with every shape dynamic, as the file declares it (batch, height, width, and the
 token widths computed in the graph).
 
-The compile settings (:data:`COMPILE_SETTINGS`) hold two choices that matter here:
+The compile settings (:data:`COMPILE_SETTINGS`) hold the choices that matter here (measured in
+docs/deploy.md):
 
 - float32 inference. On CPUs with AMX or AVX-512 BF16 OpenVINO computes in bfloat16 by
   default, which moves the scores of the quick-start model by 2e-2 and fails the accuracy
   contract of docs/deploy.md (every top-50 detection within 2e-3); in float32 they agree with
   PyTorch to 2e-6.
-- the ``LATENCY`` hint: one inference stream, all threads on one request, which is what both
-  one image and a padded batch (one request) want; see docs/deploy.md for the measurements.
+- the ``LATENCY`` hint: one inference stream with every thread on one request, which is what
+  one image and a padded batch (one request each) want. ``THROUGHPUT`` gives each of several
+  streams a share of the threads, and one request then runs on one share: 1.8x slower here.
+- no CPU pinning: on a machine shared with other work, threads pinned to busy cores wait for
+  them (11% slower on a loaded 2-core machine; the same time on a quiet one).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = [
 COMPILE_SETTINGS: dict[str, str] = {
     "INFERENCE_PRECISION_HINT": "f32",
     "PERFORMANCE_HINT": "LATENCY",
+    "ENABLE_CPU_PINNING": "NO",
 }
 #: rt_info section of an IR that holds the Focus-DETR metadata (written at conversion).
 METADATA_SECTION = "focus_detr"
