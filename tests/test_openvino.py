@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +30,7 @@ from focus_detr.deploy.onnx_export import ExportReport  # noqa: E402
 from focus_detr.deploy.openvino_runtime import (  # noqa: E402
     OpenVinoDetector,
     deployment_props,
+    float32_budget_difference,
     read_openvino_model,
 )
 from focus_detr.errors import MissingDependencyError  # noqa: E402
@@ -49,7 +51,7 @@ from tests.onnx_checks import (  # noqa: E402
 
 # never seen by the export (its example images are 549x613 and 499x523); 20x31 is padded to
 # the smallest canvas the graph takes (128)
-UNSEEN_SIZES = [(301, 217), (150, 97), (192, 320), (20, 31), (333, 517)]
+UNSEEN_SIZES = [(301, 217), (150, 97), (192, 320), (20, 31), (333, 517), (400, 300), (200, 800)]
 
 
 @dataclass
@@ -277,3 +279,30 @@ def test_int8_needs_openvino_calibration_images_and_nncf(
     assert main([*arguments, *images, *out]) == 2
     assert 'pip install "focus-detr[int8]"' in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_float64_runs_in_float32_as_the_budget_check_predicts(tmp_path) -> None:
+    """OpenVINO's CPU plugin computes the graph's float64 (the token budgets) in float32; the
+    check that warns about it finds the sizes where that matters, and none for keep ratio 0.5."""
+    from onnx import TensorProto, helper, save
+
+    nodes = [
+        helper.make_node("Cast", ["n"], ["d"], to=TensorProto.DOUBLE),
+        helper.make_node("Mul", ["d", "k"], ["p"]),
+        helper.make_node("Floor", ["p"], ["f"]),
+        helper.make_node("Cast", ["f"], ["kept"], to=TensorProto.INT64),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "budget",
+        [helper.make_tensor_value_info("n", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("kept", TensorProto.INT64, [None])],
+        [helper.make_tensor("k", TensorProto.DOUBLE, [], [0.7])],
+    )
+    path = tmp_path / "budget.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    first = float32_budget_difference(0.7, (1.0, 0.8, 0.6, 0.6, 0.4, 0.2))
+    assert first == 90 and int(90 * 0.7) == 62  # float64: 62.99999999999999
+    assert compiled({"n": np.array([first])})[0].tolist() == [63]  # float32: 63.0
+    assert float32_budget_difference(0.5, (1.0, 0.8, 0.6, 0.6, 0.4, 0.2)) is None

@@ -18,14 +18,21 @@ docs/deploy.md):
   streams a share of the threads, and one request then runs on one share: 1.8x slower here.
 - no CPU pinning: on a machine shared with other work, threads pinned to busy cores wait for
   them (11% slower on a loaded 2-core machine; the same time on a quiet one).
+
+OpenVINO's CPU plugin has no float64: the graph's one float64 computation, each image's token
+budget (``int(valid_tokens * keep_ratio) + 1`` and the cascade, float64 to reproduce detrex's
+rounding), runs in float32. For the zoo's keep ratio (0.5) that changes no budget; for others
+it can add a token at some sizes, and opening such a graph warns
+(:func:`float32_budget_difference`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,6 +42,7 @@ import torch
 from focus_detr.deploy.exported import ExportedDetector
 from focus_detr.deploy.onnx_contract import DeploymentMetadata, ExportedModelError
 from focus_detr.errors import MissingDependencyError
+from focus_detr.models.focus_encoder import token_budgets
 from focus_detr.structures import Capabilities
 
 __all__ = [
@@ -56,6 +64,9 @@ COMPILE_SETTINGS: dict[str, str] = {
 METADATA_SECTION = "focus_detr"
 #: where OpenVINO's ONNX reader puts an ONNX file's ``metadata_props``.
 _ONNX_METADATA_SECTION = "framework"
+#: token counts checked by :func:`float32_budget_difference`: a 4096 x 4096 canvas of the
+#: zoo's levels (strides 8 to 64) has 349,524 tokens
+CHECKED_TOKEN_COUNTS = 350_000
 
 
 class OpenVinoDetector(ExportedDetector):
@@ -111,6 +122,7 @@ class OpenVinoDetector(ExportedDetector):
         metadata = cls.checked_metadata(
             deployment_props(model), [port.get_any_name() for port in model.inputs], source
         )
+        _warn_about_float32_budgets(metadata.config.model.keep_ratio, metadata.config.model.cascade)
         settings = dict(COMPILE_SETTINGS)
         if threads is not None:
             settings["INFERENCE_NUM_THREADS"] = str(threads)
@@ -125,6 +137,32 @@ class OpenVinoDetector(ExportedDetector):
         with self._request_lock:
             results = self._request.infer({"images": pixels, "image_sizes": image_sizes})
             return {name: results[index] for index, name in enumerate(self._output_names)}
+
+
+@functools.lru_cache(maxsize=8)
+def float32_budget_difference(
+    keep_ratio: float, cascade: Sequence[float], max_count: int = CHECKED_TOKEN_COUNTS
+) -> int | None:
+    """The smallest number of valid tokens (up to ``max_count``) whose per-layer budgets come
+    out differently in float32 (OpenVINO) than in float64 (PyTorch, ONNX Runtime), or None."""
+    counts = np.arange(1, max_count + 1)
+    exact = token_budgets(torch.from_numpy(counts), keep_ratio, tuple(cascade)).numpy()
+    valid = counts.astype(np.float32)
+    kept = np.minimum(np.floor(valid * np.float32(keep_ratio)) + 1, valid)
+    single = np.floor(np.asarray(cascade, dtype=np.float32)[None, :] * kept[:, None])
+    differ = np.nonzero((exact != single).any(axis=1))[0]
+    return int(counts[differ[0]]) if len(differ) else None
+
+
+def _warn_about_float32_budgets(keep_ratio: float, cascade: Sequence[float]) -> None:
+    first = float32_budget_difference(keep_ratio, tuple(cascade))
+    if first is not None:
+        warnings.warn(
+            f"OpenVINO computes the token budgets in float32: with keep ratio {keep_ratio:g} "
+            f"and cascade {tuple(cascade)}, some images (the first of {first} valid tokens) "
+            "get one token more per layer than in PyTorch; keep ratio 0.5 is exact",
+            stacklevel=3,
+        )
 
 
 def read_openvino_model(path: str | os.PathLike[str]) -> Any:
