@@ -10,7 +10,7 @@ from typing import Any
 from focus_detr.cli import common
 
 NAME = "export"
-HELP = "export weights to ONNX or OpenVINO (run it with predict/eval --weights model.onnx)"
+HELP = "export weights to ONNX or OpenVINO (then predict/eval --weights model.onnx or .xml)"
 DESCRIPTION = (
     "Export the detector to one ONNX file (or an OpenVINO IR, --format openvino): padded uint8 "
     "images and their sizes in, each image's top detections out; batch, height and width "

@@ -43,15 +43,13 @@ from focus_detr.io import atomic_path
 from focus_detr.models.detector import FocusDETR
 
 __all__ = [
-    "IR_SUFFIX",
     "OpenVinoExportReport",
     "convert_onnx_to_openvino",
     "export_openvino",
     "ir_files",
 ]
 
-#: suffix of the IR's graph file; its weights are the ``.bin`` beside it
-IR_SUFFIX = ".xml"
+#: the IR's weights are the file beside its graph (``model.xml``) with this suffix
 _WEIGHTS_SUFFIX = ".bin"
 
 
