@@ -7,8 +7,6 @@ whose tracing alone takes minutes, and the zoo presets are in ``test_onnx_zoo.py
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +20,22 @@ ort = pytest.importorskip("onnxruntime")
 
 import focus_detr  # noqa: E402
 from focus_detr.cli import main  # noqa: E402
-from focus_detr.config import config_to_dict  # noqa: E402
-from focus_detr.data.synthetic import CATEGORY_NAMES  # noqa: E402
 from focus_detr.deploy.onnx_runtime import OnnxRuntimeDetector  # noqa: E402
-from focus_detr.engine.training_checkpoint import save_model  # noqa: E402
 from focus_detr.errors import MissingDependencyError  # noqa: E402
 from focus_detr.models.focus_encoder import layer_width_bounds, token_budgets  # noqa: E402
 from focus_detr.presets import get_preset  # noqa: E402
-from tests.helpers import randomize_  # noqa: E402
-from tests.onnx_checks import MIN_MATCHED, matched_fraction, random_images  # noqa: E402
+from tests.onnx_checks import (  # noqa: E402
+    CLASS_NAMES,
+    PRESET,
+    assert_batch_gives_single_image_results,
+    assert_matches_pytorch,
+    assert_same_predictions,
+    first_ap,
+    modules_imported_by,
+    random_checkpoint,
+    random_images,
+)
 
-PRESET = "focus_detr_tiny"
-CLASS_NAMES = list(CATEGORY_NAMES)  # the built-in data's, so that eval matches them
 CANVAS = (320, 320)
 # never seen by the export (its example images are 320x320 and 270x230)
 UNSEEN_SIZES = [(301, 217), (150, 97), (192, 320), (20, 31)]
@@ -48,11 +50,8 @@ class Exported:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Exported:
-    model = randomize_(focus_detr.build_model(PRESET), seed=3).eval()
     folder = tmp_path_factory.mktemp("onnx")
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASS_NAMES)]
-    config = config_to_dict(get_preset(PRESET).config)
-    checkpoint = save_model(folder / "tiny.pth", model.state_dict(), config, categories)
+    model, checkpoint = random_checkpoint(folder)
     onnx_path = folder / "tiny.onnx"
     arguments = ["export", "--weights", str(checkpoint), "--preset", PRESET]
     static = "x".join(map(str, CANVAS))
@@ -66,23 +65,13 @@ def detector(exported) -> OnnxRuntimeDetector:
 
 
 def test_onnx_runtime_matches_pytorch_at_sizes_unseen_at_export(exported, detector) -> None:
-    for image in random_images(UNSEEN_SIZES, seed=1):
-        with torch.no_grad():
-            expected = exported.model([image])[0]
-        found = detector([image])[0]
-        assert len(expected["scores"]) > 0
-        assert matched_fraction(expected, found) >= MIN_MATCHED, tuple(image.shape)
-        assert found["boxes"].dtype == torch.float32 and found["labels"].dtype == torch.int64
+    assert_matches_pytorch(exported.model, detector, UNSEEN_SIZES)
 
 
 def test_a_batch_gives_each_image_its_single_image_result(detector) -> None:
-    images = random_images([(211, 150), (97, 301), (260, 260)], seed=2)
-    batched = detector(images)
-    for image, in_batch in zip(images, batched):
-        alone = detector([image])[0]
-        assert torch.equal(alone["labels"], in_batch["labels"])
-        torch.testing.assert_close(alone["scores"], in_batch["scores"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(alone["boxes"], in_batch["boxes"], atol=1e-3, rtol=0)
+    assert_batch_gives_single_image_results(
+        detector, random_images([(211, 150), (97, 301), (260, 260)], seed=2)
+    )
 
 
 def test_metadata_round_trip_makes_the_preset_unnecessary(exported) -> None:
@@ -108,30 +97,11 @@ def test_the_keep_ratio_is_fixed_at_export(exported) -> None:
 
 
 def test_predict_with_onnx_writes_what_pytorch_writes(exported, synthetic, tmp_path) -> None:
-    outputs = {}
     for name, weights in (("torch", exported.checkpoint), ("onnx", exported.onnx)):
-        out = tmp_path / name
         arguments = ["predict", str(synthetic.val_images), "--weights", str(weights)]
-        assert main([*arguments, "--out", str(out), "--threshold", "0.2", "--device", "cpu"]) == 0
-        outputs[name] = out
-    files = {p.relative_to(outputs["torch"]) for p in outputs["torch"].rglob("*")}
-    assert files == {p.relative_to(outputs["onnx"]) for p in outputs["onnx"].rglob("*")}
-    torch_results = json.loads((outputs["torch"] / "predictions.json").read_text())
-    onnx_results = json.loads((outputs["onnx"] / "predictions.json").read_text())
-    assert torch_results  # not a comparison of nothing
-    by_file: dict[str, list[dict]] = {}
-    for entry in onnx_results:
-        by_file.setdefault(entry["file_name"], []).append(entry)
-    for entry in torch_results:
-        candidates = [
-            c
-            for c in by_file.get(entry["file_name"], [])
-            if c["category_id"] == entry["category_id"]
-            and abs(c["score"] - entry["score"]) <= 2e-3
-            and max(abs(a - b) for a, b in zip(c["bbox"], entry["bbox"])) <= 0.1
-        ]
-        # a score within 2e-3 of the 0.2 threshold may fall on either side of it
-        assert candidates or abs(entry["score"] - 0.2) <= 2e-3, entry
+        options = ["--out", str(tmp_path / name), "--threshold", "0.2", "--device", "cpu"]
+        assert main([*arguments, *options]) == 0
+    assert_same_predictions(tmp_path / "torch", tmp_path / "onnx", threshold=0.2)
 
 
 def test_eval_with_onnx_gives_the_pytorch_numbers(exported, synthetic, tmp_path, capsys) -> None:
@@ -143,13 +113,8 @@ def test_eval_with_onnx_gives_the_pytorch_numbers(exported, synthetic, tmp_path,
         assert main([*arguments, *options, "--results", str(results)]) == 0
         tables[name] = capsys.readouterr().out
         assert results.is_file()
-    torch_ap = _first_ap(tables["torch"])
-    assert abs(_first_ap(tables["onnx"]) - torch_ap) <= 0.002
-
-
-def _first_ap(table: str) -> float:
-    line = next(line for line in table.splitlines() if "Average Precision" in line)
-    return float(line.rsplit("=", 1)[1])
+    torch_ap = first_ap(tables["torch"])
+    assert abs(first_ap(tables["onnx"]) - torch_ap) <= 0.002
 
 
 def test_a_bad_onnx_file_is_a_one_line_error(synthetic, tmp_path, capsys) -> None:
@@ -191,15 +156,8 @@ def test_images_must_be_uint8_and_fit_a_static_canvas(detector) -> None:
 
 
 def test_import_focus_detr_loads_neither_onnx_nor_onnxruntime() -> None:
-    code = (
-        "import sys, focus_detr\n"
-        "focus_detr.export_onnx, focus_detr.load_model\n"
-        "print([m for m in ('onnx', 'onnxruntime', 'onnxscript') if m in sys.modules])\n"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert completed.stdout.strip() == "[]"
+    code = "import focus_detr\nfocus_detr.export_onnx, focus_detr.load_model"
+    assert modules_imported_by(code, ["onnx", "onnxruntime", "onnxscript"]) == []
 
 
 @pytest.mark.parametrize("keep_ratio", [0.5, 0.3, 0.7, 1.0, 0.123456789, 0.2 + 0.1])

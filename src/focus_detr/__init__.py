@@ -37,6 +37,7 @@ _EXPORTS = {
     "compute_focus_maps": "focus_detr.predict.focus_maps",
     "train": "focus_detr.engine.trainer",
     "export_onnx": "focus_detr.deploy.onnx_export",
+    "export_openvino": "focus_detr.deploy.openvino_export",
     "Predictor": "focus_detr.predict.predictor",
     "load_model": "focus_detr.predict.detector",
     "Detector": "focus_detr.predict.detector",
@@ -74,6 +75,7 @@ __all__ = [
     "draw_focus_map",
     "evaluate",
     "export_onnx",
+    "export_openvino",
     "get_preset",
     "initialize_from",
     "load_checkpoint",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
     from focus_detr.config import Config, ConfigError, LossConfig, ModelConfig, TrainConfig
     from focus_detr.data.discovery import load_dataset
     from focus_detr.deploy.onnx_export import export_onnx
+    from focus_detr.deploy.openvino_export import export_openvino
     from focus_detr.engine.evaluator import evaluate
     from focus_detr.engine.initialization import InitReport, initialize_from
     from focus_detr.engine.trainer import train

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from focus_detr.config import ModelConfig
-from focus_detr.deploy.onnx_contract import DeploymentMetadata
+from focus_detr.deploy.onnx_contract import INPUT_NAMES, DeploymentMetadata, ExportedModelError
 from focus_detr.structures import Capabilities, ImageBatch
 
 __all__ = ["ExportedDetector", "as_uint8_batch"]
@@ -46,6 +46,23 @@ class ExportedDetector:
         self.metadata = metadata
         self.config: ModelConfig = metadata.config.model
         self.source = source
+
+    @staticmethod
+    def checked_metadata(
+        props: Mapping[str, str], input_names: Sequence[str], source: str
+    ) -> DeploymentMetadata:
+        """The metadata of the graph ``source`` (its ``metadata_props`` entries ``props``),
+        once its inputs (``input_names``) are checked against the contract.
+
+        Raises:
+            ExportedModelError: no Focus-DETR metadata, or other inputs.
+        """
+        metadata = DeploymentMetadata.from_props(props, source)
+        if tuple(input_names) != INPUT_NAMES:
+            raise ExportedModelError(
+                f"{source} takes inputs {tuple(input_names)}, expected {INPUT_NAMES}"
+            )
+        return metadata
 
     def run_graph(self, pixels: np.ndarray, image_sizes: np.ndarray) -> Mapping[str, np.ndarray]:
         """Run the graph on ``uint8 [B, 3, H, W]`` and ``int64 [B, 2]``: its outputs by name."""

@@ -18,7 +18,6 @@ import torch
 
 from focus_detr.deploy.exported import ExportedDetector
 from focus_detr.deploy.onnx_contract import (
-    INPUT_NAMES,
     DeploymentMetadata,
     ExportedModelError,
     first_line,
@@ -83,12 +82,11 @@ class OnnxRuntimeDetector(ExportedDetector):
             raise ExportedModelError(
                 f"{source} is not a usable ONNX model: {first_line(error)}"
             ) from None
-        metadata = DeploymentMetadata.from_props(
-            session.get_modelmeta().custom_metadata_map, source
+        metadata = cls.checked_metadata(
+            session.get_modelmeta().custom_metadata_map,
+            [i.name for i in session.get_inputs()],
+            source,
         )
-        names = tuple(i.name for i in session.get_inputs())
-        if names != INPUT_NAMES:
-            raise ExportedModelError(f"{source} takes inputs {names}, expected {INPUT_NAMES}")
         return cls(session, metadata, source)
 
     @property

@@ -11,6 +11,9 @@ from torch import Tensor, nn
 from focus_detr.models.attention import MLP
 from focus_detr.models.export_mode import is_exporting, traced_size
 
+#: proposals with a coordinate outside ``(MARGIN, 1 - MARGIN)`` are invalid (DINO)
+MARGIN = 0.01
+
 
 @dataclass
 class TokenProposals:
@@ -49,12 +52,44 @@ def token_proposals(
         sizes = torch.full_like(centres, 0.05 * (2.0**level))
         proposals.append(torch.cat((centres, sizes), dim=-1))
     boxes = torch.cat(proposals, dim=1)
-    valid = ((boxes > 0.01) & (boxes < 0.99)).all(dim=-1)
+    if is_exporting():
+        valid = _inside_margins(level_shapes, valid_sizes)
+    else:
+        valid = ((boxes > MARGIN) & (boxes < 1 - MARGIN)).all(dim=-1)
     if padding_mask is not None:
         valid = valid & ~padding_mask
     box_logits = torch.log(boxes / (1 - boxes))
     box_logits = box_logits.masked_fill(~valid[..., None], float("inf"))
     return TokenProposals(box_logits=box_logits, valid=valid)
+
+
+def _inside_margins(level_shapes: Sequence[tuple[int, int]], valid_sizes: Tensor) -> Tensor:
+    """``[B, N]``: the proposal lies inside ``(0.01, 0.99)``, decided in integers.
+
+    A centre ``(i + 0.5) / n`` is exactly 0.99 (or 0.01) for the last (first) cell of a level
+    that is 50 cells long. Eager PyTorch divides and compares in float32, and the two sides
+    round alike (invalid); a runtime free to divide differently (OpenVINO multiplies by the
+    reciprocal: 0.98999995) puts the whole row on the other side and changes detections. The
+    integer test ``0.01 < (2i + 1) / 2n < 0.99``, i.e. ``n < 50 (2i + 1) < 99 n``, is exact,
+    and equals the float32 one: a centre that is not exactly 0.99 or 0.01 is at least
+    ``1 / (200 n)`` away from it, far more than a float32 rounding for any level size here.
+    The sizes (``0.05 * 2**level``) are constants.
+    """
+    device = valid_sizes.device
+    inside = []
+    for level, (height, width) in enumerate(level_shapes):
+        size_ok = MARGIN < 0.05 * 2.0**level < 1 - MARGIN
+
+        def axis_ok(length: int, valid: Tensor) -> Tensor:
+            twice = 2 * torch.arange(length, device=device) + 1  # 2i + 1
+            scaled = (twice * 50)[None, :]
+            return (scaled > valid[:, None]) & (scaled < 99 * valid[:, None])
+
+        rows = axis_ok(height, valid_sizes[:, level, 0])
+        cols = axis_ok(width, valid_sizes[:, level, 1])
+        level_ok = (rows[:, :, None] & cols[:, None, :]).flatten(1)
+        inside.append(level_ok if size_ok else torch.zeros_like(level_ok))
+    return torch.cat(inside, dim=1)
 
 
 class TokenProjection(nn.Module):
