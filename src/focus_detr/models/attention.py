@@ -34,6 +34,13 @@ class LayerSettings:
     dropout: float
 
 
+def inference_fast_path(x: Tensor) -> bool:
+    """True where an inference-only formulation (``out=`` buffers, in-place updates) may run:
+    no gradient is recorded and ``torch.export`` is not tracing (it needs the plain ops)."""
+    del x  # the condition is global; the argument documents what it is asked about
+    return not torch.is_grad_enabled() and not is_exporting()
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head attention with packed input projections (``nn.MultiheadAttention`` layout).
 
@@ -101,7 +108,12 @@ class MultiheadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """``x + linear2(dropout(relu(linear1(x))))`` (the residual is added by the caller)."""
+    """``linear2(dropout(relu(linear1(x))))`` (the residual is added by the caller)."""
+
+    #: Rows per block of the inference path: a ``[1024, hidden]`` block (8 MB for 2048) stays
+    #: in cache between the two products, where a full ``[tokens, hidden]`` one (91 MB for the
+    #: 11k tokens of an R-50 800x1333 encoder layer) goes to memory and back.
+    inference_block_rows = 1024
 
     def __init__(self, embed_dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -110,7 +122,25 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[..., D]`` -> ``[..., D]``."""
+        if inference_fast_path(x) and not (self.training and self.dropout.p > 0):
+            return self._blocked_forward(x)
         return self.dropout(self.linear2(self.dropout(F.relu_(self.linear1(x)))))
+
+    def _blocked_forward(self, x: Tensor) -> Tensor:
+        """The same products, ``inference_block_rows`` rows at a time through one reused
+        hidden buffer, written into one output (no full-size hidden tensor is allocated)."""
+        flat = x.reshape(-1, x.shape[-1])
+        rows = flat.shape[0]
+        out = flat.new_empty(rows, self.linear2.out_features)
+        hidden = flat.new_empty(min(rows, self.inference_block_rows), self.linear1.out_features)
+        w1, w2 = self.linear1.weight.t(), self.linear2.weight.t()
+        for start in range(0, rows, self.inference_block_rows):
+            stop = min(rows, start + self.inference_block_rows)
+            block = hidden[: stop - start]
+            torch.addmm(self.linear1.bias, flat[start:stop], w1, out=block)
+            torch.addmm(self.linear2.bias, block.relu_(), w2, out=out[start:stop])
+        return out.view(*x.shape[:-1], self.linear2.out_features)
 
 
 class MLP(nn.Module):

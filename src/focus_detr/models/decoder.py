@@ -9,6 +9,7 @@ reference, while the next layer receives it detached.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from focus_detr.models.attention import MLP, FeedForward, LayerSettings, Multihe
 from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
 from focus_detr.models.position_encoding import box_sine_embedding
 from focus_detr.ops.boxes import inverse_sigmoid
+from focus_detr.ops.deformable_attention_torch import BorderedTokens, border_tokens
 
 
 @dataclass
@@ -26,7 +28,9 @@ class DecoderMemory:
     """The encoder output the decoder attends to (see :class:`MultiScaleDeformableAttention`).
 
     ``level_shapes`` holds the (height, width) of each level as Python ints (symbols under
-    export), the values of ``spatial_shapes``.
+    export), the values of ``spatial_shapes``. ``bordered_tokens``: ``tokens`` laid out for
+    the inference gather path, shared by every layer's value projection (set by
+    :class:`Decoder`).
     """
 
     tokens: Tensor
@@ -35,6 +39,7 @@ class DecoderMemory:
     level_start_index: Tensor
     valid_ratios: Tensor | None
     padding_mask: Tensor | None
+    bordered_tokens: BorderedTokens | None = None
 
 
 class DecoderLayer(nn.Module):
@@ -69,16 +74,21 @@ class DecoderLayer(nn.Module):
             attn_mask=self_attention_mask,
         )
         queries = self.self_attention_norm(queries + self.dropout(attended))
-        attended = self.cross_attention(
-            queries + query_positions,
-            references,
-            memory.tokens,
-            memory.spatial_shapes,
-            memory.level_start_index,
-            memory.valid_ratios,
-            memory.padding_mask,
-            level_shapes=memory.level_shapes,
-        )
+        if memory.bordered_tokens is not None:
+            attended = self.cross_attention.attend_bordered(
+                queries + query_positions, references, memory.bordered_tokens, memory.valid_ratios
+            )
+        else:
+            attended = self.cross_attention(
+                queries + query_positions,
+                references,
+                memory.tokens,
+                memory.spatial_shapes,
+                memory.level_start_index,
+                memory.valid_ratios,
+                memory.padding_mask,
+                level_shapes=memory.level_shapes,
+            )
         queries = self.cross_attention_norm(queries + attended)
         return self.ffn_norm(queries + self.ffn(queries))
 
@@ -122,7 +132,11 @@ class Decoder(nn.Module):
         ``self_attention_mask`` ``[Q, Q]`` blocks pairs (denoising groups).
         """
         hidden, refined = [], []
-        for layer, box_head in zip(self.layers, box_heads):
+        layers: list[DecoderLayer] = list(self.layers)  # type: ignore[arg-type]
+        if layers and layers[0].cross_attention.uses_fast_path(memory.tokens):
+            bordered = border_tokens(memory.tokens, memory.level_shapes, memory.padding_mask)
+            memory = dataclasses.replace(memory, bordered_tokens=bordered)
+        for layer, box_head in zip(layers, box_heads):
             # The sine embedding uses the reference in the image's own coordinates (detrex
             # scales it by the level-0 valid ratio: identical without padding, batch-dependent
             # with it).

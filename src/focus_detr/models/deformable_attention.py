@@ -8,8 +8,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from focus_detr.models.attention import LayerSettings
-from focus_detr.ops.deformable_attention_dispatch import multi_scale_deformable_attention
+from focus_detr.models.attention import LayerSettings, inference_fast_path
+from focus_detr.ops.deformable_attention_dispatch import (
+    multi_scale_deformable_attention,
+    resolve_backend,
+)
+from focus_detr.ops.deformable_attention_torch import (
+    BorderedLayout,
+    BorderedTokens,
+    border_tokens,
+    bordered_values,
+    corner_rows_and_weights,
+    deformable_attention_from_table,
+)
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -112,6 +123,13 @@ class MultiScaleDeformableAttention(nn.Module):
         (needed under export, where they are symbols). Returns ``[B, Q, D]`` without the
         residual.
         """
+        if self.uses_fast_path(query):
+            shapes = _level_shapes(spatial_shapes, level_shapes)
+            if projected_value is None:
+                source = border_tokens(value, shapes, value_padding_mask)
+                return self.attend_bordered(query, reference, source, valid_ratios)
+            table = bordered_values(projected_value, shapes)
+            return self._attend_table(query, reference, table, BorderedLayout(shapes), valid_ratios)
         batch, num_queries, _ = query.shape
         if projected_value is None:
             projected_value = self.project_value(value, value_padding_mask)
@@ -135,6 +153,89 @@ class MultiScaleDeformableAttention(nn.Module):
             level_shapes=level_shapes,
         )
         return self.dropout(self.output_proj(output))
+
+    def uses_fast_path(self, query: Tensor) -> bool:
+        """True when the inference-only gather formulation (:meth:`attend_bordered`) runs:
+        no gradient recorded, not under export, and the gather backend chosen."""
+        return inference_fast_path(query) and resolve_backend(self.backend, query) == "gather"
+
+    def attend_bordered(
+        self,
+        query: Tensor,
+        reference: Tensor,
+        source: BorderedTokens,
+        valid_ratios: Tensor | None,
+    ) -> Tensor:
+        """:meth:`forward` at inference on values given as bordered (unprojected) tokens,
+        shared by the layers that read the same tokens (see :func:`border_tokens`)."""
+        batch, rows, _ = source.tokens.shape
+        table = source.project(self.value_proj.weight, self.value_proj.bias)
+        table = table.view(batch, rows, self.num_heads, -1)
+        return self._attend_table(query, reference, table, source.layout, valid_ratios)
+
+    def _attend_table(
+        self,
+        query: Tensor,
+        reference: Tensor,
+        table: Tensor,
+        layout: BorderedLayout,
+        valid_ratios: Tensor | None,
+    ) -> Tensor:
+        """``[B, Q, D]`` queries sampling a ``[B, S', heads, head_dim]`` bordered value table."""
+        batch, num_queries, dim = query.shape
+        heads, samples = self.num_heads, self.num_levels * self.num_points
+        weight, bias = self._fused_sampling_projection()
+        projected = torch.addmm(bias, query.reshape(-1, dim), weight.t())
+        projected = projected.view(batch, num_queries, heads, 3, samples)
+        pixels = projected[:, :, :, :2]
+        scale, shift = self._pixel_transform(reference, layout, valid_ratios)
+        if scale is not None:
+            pixels.mul_(scale)
+        pixels.add_(shift)
+        attention = projected[:, :, :, 2].softmax(-1)
+        rows, weights = corner_rows_and_weights(pixels, attention, layout, self.num_points)
+        output = deformable_attention_from_table(table, rows, weights.to(table.dtype))
+        return self.dropout(self.output_proj(output))
+
+    def _fused_sampling_projection(self) -> tuple[Tensor, Tensor]:
+        """Offsets and attention logits as one ``[heads * 3 * L * P, D]`` product.
+
+        Output rows per head: the x offsets of its ``L * P`` samples, their y offsets, their
+        attention logits (the parameters keep their own layout; this copy is 100 kB).
+        """
+        heads, samples = self.num_heads, self.num_levels * self.num_points
+        dim = self.embed_dim
+        offsets = self.sampling_offsets.weight.view(heads, samples, 2, dim).transpose(1, 2)
+        logits = self.attention_weights.weight.view(heads, 1, samples, dim)
+        weight = torch.cat((offsets, logits), dim=1).reshape(-1, dim)
+        offset_bias = self.sampling_offsets.bias.view(heads, samples, 2).transpose(1, 2)
+        logit_bias = self.attention_weights.bias.view(heads, 1, samples)
+        bias = torch.cat((offset_bias, logit_bias), dim=1).reshape(-1)
+        return weight, bias
+
+    def _pixel_transform(
+        self, reference: Tensor, layout: BorderedLayout, valid_ratios: Tensor | None
+    ) -> tuple[Tensor | None, Tensor]:
+        """Offsets -> bordered pixel coordinates: ``pixel = offset * scale + shift``.
+
+        Returns ``scale`` (None for point references, whose offsets are in pixels) and
+        ``shift``, broadcastable to ``[B, Q, heads, 2, L * P]``: the same locations as
+        :meth:`_sampling_locations`, in pixels of each level (``align_corners=False``) plus
+        the 1-pixel border before each map.
+        """
+        sizes = torch.tensor(layout.level_shapes, device=reference.device, dtype=reference.dtype)
+        extent = sizes.flip(-1).t()[None]  # [1, 2 (x, y), L] valid-coordinate unit, in pixels
+        if valid_ratios is not None:
+            extent = extent * valid_ratios.transpose(1, 2)
+        extent = extent.repeat_interleave(self.num_points, dim=-1)[:, None, None]
+        centre = reference[:, :, None, :2, None]  # [B, Q, 1, 2, 1]
+        shift = centre * extent + 0.5
+        if reference.shape[-1] == 2:
+            return None, shift
+        if reference.shape[-1] != 4:
+            raise ValueError(f"reference must end in 2 or 4 values, got {reference.shape[-1]}")
+        half_size = reference[:, :, None, 2:, None] * (0.5 / self.num_points)
+        return half_size * extent, shift
 
     def _sampling_locations(
         self,
@@ -163,3 +264,11 @@ class MultiScaleDeformableAttention(nn.Module):
         if valid_ratios is not None:
             locations = locations * valid_ratios[:, None, None, :, None, :]
         return locations
+
+
+def _level_shapes(
+    spatial_shapes: Tensor, level_shapes: Sequence[tuple[int, int]] | None
+) -> tuple[tuple[int, int], ...]:
+    """(height, width) of each level as Python ints."""
+    pairs = spatial_shapes.tolist() if level_shapes is None else level_shapes
+    return tuple((int(h), int(w)) for h, w in pairs)

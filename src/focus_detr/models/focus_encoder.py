@@ -17,6 +17,7 @@ largest budget: see :func:`gather_widths`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from focus_detr.models.attention import FeedForward, LayerSettings, MultiheadAttention
 from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
 from focus_detr.models.export_mode import is_exporting, traced_size
+from focus_detr.ops.deformable_attention_torch import BorderedTokens, border_tokens
 from focus_detr.structures import EncoderTrace
 
 
@@ -44,6 +46,8 @@ class EncoderInputs:
         level_shapes: (height, width) of each level as Python ints (symbols under export).
         spatial_shapes / level_start_index: token layout.
         valid_ratios: ``[B, L, 2]`` valid fraction (w, h) of every level, or None.
+        bordered_features: ``features`` laid out for the inference gather path, shared by
+            every layer's value projection (set by :class:`FocusEncoder`; None elsewhere).
     """
 
     features: Tensor
@@ -54,6 +58,7 @@ class EncoderInputs:
     spatial_shapes: Tensor
     level_start_index: Tensor
     valid_ratios: Tensor | None
+    bordered_features: BorderedTokens | None = None
 
 
 @dataclass(frozen=True)
@@ -103,17 +108,22 @@ class FocusEncoderLayer(nn.Module):
         tokens, slots, dual_counts = self._dual_attention(
             tokens, positions, category_scores, counts
         )
-        value = self.deformable_attention.project_value(inputs.features, inputs.padding_mask)
-        attended = self.deformable_attention(
-            tokens + positions,
-            references,
-            inputs.features,
-            inputs.spatial_shapes,
-            inputs.level_start_index,
-            inputs.valid_ratios,
-            projected_value=value,
-            level_shapes=inputs.level_shapes,
-        )
+        if inputs.bordered_features is not None:
+            attended = self.deformable_attention.attend_bordered(
+                tokens + positions, references, inputs.bordered_features, inputs.valid_ratios
+            )
+        else:
+            value = self.deformable_attention.project_value(inputs.features, inputs.padding_mask)
+            attended = self.deformable_attention(
+                tokens + positions,
+                references,
+                inputs.features,
+                inputs.spatial_shapes,
+                inputs.level_start_index,
+                inputs.valid_ratios,
+                projected_value=value,
+                level_shapes=inputs.level_shapes,
+            )
         tokens = self.deformable_norm(tokens + attended)
         tokens = self.ffn_norm(tokens + self.ffn(tokens))
         return tokens, slots, dual_counts
@@ -247,6 +257,9 @@ class FocusEncoder(nn.Module):
         memory = features if torch.is_grad_enabled() else features.clone()
         token_indices, category_scores, dual_indices, dual_counts = [], [], [], []
         layers: list[FocusEncoderLayer] = list(self.layers)  # type: ignore[arg-type]
+        if layers and layers[0].deformable_attention.uses_fast_path(features):
+            bordered = border_tokens(features, inputs.level_shapes, padding)
+            inputs = dataclasses.replace(inputs, bordered_features=bordered)
         for layer_index, layer in enumerate(layers):
             counts = budgets[:, layer_index]
             width = widths[layer_index]

@@ -43,6 +43,7 @@ __all__ = [
     "EXPORTABLE_BACKENDS",
     "EXPORT_BACKEND",
     "multi_scale_deformable_attention",
+    "resolve_backend",
     "triton_available",
 ]
 
@@ -75,14 +76,7 @@ def multi_scale_deformable_attention(
     :data:`EXPORT_BACKEND`. ``level_shapes`` (the values of ``spatial_shapes`` as Python ints)
     spares a device-to-host copy; under export the ``grid_sample`` backend needs it.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown deformable attention backend {backend!r}; use one of {BACKENDS}")
-    if torch.compiler.is_exporting() and backend not in EXPORTABLE_BACKENDS:
-        backend = EXPORT_BACKEND
-    if backend == "auto":
-        backend = "triton" if value.is_cuda and triton_available() else "gather"
-    if backend == "triton" and torch.float64 in (value.dtype, sampling_locations.dtype):
-        backend = "gather"
+    backend = resolve_backend(backend, value, sampling_locations)
     if backend == "triton":
         from focus_detr.ops.deformable_attention_triton import deformable_attention_triton
 
@@ -100,6 +94,23 @@ def multi_scale_deformable_attention(
     return deformable_attention_gather(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
+
+
+def resolve_backend(backend: str, value: Tensor, sampling_locations: Tensor | None = None) -> str:
+    """The implementation :func:`multi_scale_deformable_attention` runs for ``backend`` on
+    these tensors (see its docstring for the rules)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown deformable attention backend {backend!r}; use one of {BACKENDS}")
+    if torch.compiler.is_exporting() and backend not in EXPORTABLE_BACKENDS:
+        backend = EXPORT_BACKEND
+    if backend == "auto":
+        backend = "triton" if value.is_cuda and triton_available() else "gather"
+    dtypes = (
+        [value.dtype] if sampling_locations is None else [value.dtype, sampling_locations.dtype]
+    )
+    if backend == "triton" and torch.float64 in dtypes:
+        backend = "gather"
+    return backend
 
 
 def triton_available() -> bool:

@@ -18,13 +18,20 @@ kernel; this module imports neither):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "BorderedLayout",
+    "BorderedTokens",
+    "border_tokens",
+    "bordered_values",
+    "corner_rows_and_weights",
     "deformable_attention_corner_gather",
+    "deformable_attention_from_table",
     "deformable_attention_gather",
     "deformable_attention_grid_sample",
 ]
@@ -37,7 +44,7 @@ _BORDER_BEFORE = 1
 _BORDER_AFTER = 2
 
 
-def _bordered_values(value: Tensor, spatial_shapes: list[tuple[int, int]]) -> Tensor:
+def bordered_values(value: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
     """``[B, S, heads, dim]`` -> the maps with zero borders, flattened ``[B, S', heads, dim]``.
 
     One copy into a zero-initialised table (``torch.nn.functional.pad`` + ``cat`` would copy
@@ -62,6 +69,164 @@ def _bordered_values(value: Tensor, spatial_shapes: list[tuple[int, int]]) -> Te
     return table
 
 
+@dataclass(frozen=True)
+class BorderedLayout:
+    """Where every level's map lies in the gather path's zero-bordered table."""
+
+    level_shapes: tuple[tuple[int, int], ...]
+
+    @property
+    def padded_shapes(self) -> list[tuple[int, int]]:
+        """(height, width) of each level with its border."""
+        border = _BORDER_BEFORE + _BORDER_AFTER
+        return [(h + border, w + border) for h, w in self.level_shapes]
+
+    @property
+    def num_rows(self) -> int:
+        """Tokens of one image in the table (``S'``)."""
+        return sum(h * w for h, w in self.padded_shapes)
+
+    def level_starts(self) -> list[int]:
+        """First row of each bordered level in ``S'``."""
+        starts = [0]
+        for height, width in self.padded_shapes[:-1]:
+            starts.append(starts[-1] + height * width)
+        return starts
+
+
+@dataclass(frozen=True)
+class BorderedTokens:
+    """Tokens laid out as the gather path's table: every level's map with its zero border.
+
+    Inference-only (see :func:`border_tokens`). A per-token linear map of ``tokens`` with the
+    ``zero_rows`` reset to zero afterwards is the bordered table of the mapped tokens: the
+    value projection of every attention layer that reads these tokens costs one product and
+    no copy.
+
+    Attributes:
+        tokens: ``[B, S', C]`` the tokens, zero on the borders.
+        zero_rows: ``[R]`` int64 rows of ``tokens.view(B * S', C)`` that must read zero after a
+            projection: the borders, and padding tokens (whose projection the plain path
+            masks to zero).
+        layout: the level shapes and their places in ``S'``.
+        scratch: per output width, the ``[B * S', C_out]`` buffer that every projection of
+            these tokens overwrites (the layers run one after the other and use their table
+            only inside their forward; one buffer is faulted in once instead of one per layer).
+    """
+
+    tokens: Tensor
+    zero_rows: Tensor
+    layout: BorderedLayout
+    scratch: dict[int, Tensor] = field(default_factory=dict)
+
+    def project(self, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``[B, S', C_out]`` bordered table of ``linear(tokens)`` (written into ``scratch``)."""
+        batch, rows, channels = self.tokens.shape
+        width = weight.shape[0]
+        if width not in self.scratch:
+            self.scratch[width] = self.tokens.new_empty(batch * rows, width)
+        table = self.scratch[width]
+        flat = self.tokens.view(batch * rows, channels)
+        if bias is None:
+            torch.mm(flat, weight.t(), out=table)
+        else:
+            torch.addmm(bias, flat, weight.t(), out=table)
+        table.index_fill_(0, self.zero_rows, 0.0)
+        return table.view(batch, rows, -1)
+
+
+def border_tokens(
+    tokens: Tensor, level_shapes: Sequence[tuple[int, int]], padding_mask: Tensor | None
+) -> BorderedTokens:
+    """``[B, S, C]`` tokens of ``level_shapes`` maps (``padding_mask`` ``[B, S]``, True on
+    padding) -> :class:`BorderedTokens` (one copy of the tokens)."""
+    batch, num_tokens, channels = tokens.shape
+    shapes = [(int(h), int(w)) for h, w in level_shapes]
+    bordered = bordered_values(tokens.view(batch, num_tokens, 1, channels), shapes)
+    # 1 where a row reads a token, 0 on the borders; padding tokens then become 0 too
+    reads = bordered_values(tokens.new_ones(1, num_tokens, 1, 1), shapes).view(1, -1)
+    if padding_mask is None:
+        reads = reads.expand(batch, -1)
+    else:
+        keep = (~padding_mask).to(tokens.dtype).view(batch, num_tokens, 1, 1)
+        reads = bordered_values(keep, shapes).view(batch, -1)
+    zero_rows = (reads == 0).flatten().nonzero().squeeze(1)
+    bordered = bordered.view(batch, -1, channels)
+    return BorderedTokens(bordered, zero_rows, BorderedLayout(tuple(shapes)))
+
+
+def corner_rows_and_weights(
+    pixels: Tensor, attention_weights: Tensor, layout: BorderedLayout, num_points: int
+) -> tuple[Tensor, Tensor]:
+    """Rows and weights of the 4 bilinear corners of every sample, from pixel coordinates.
+
+    ``pixels`` ``[B, Q, heads, 2, levels * points]``: (x row, y row) per head, in pixels of
+    each level's *bordered* map (``align_corners=False`` coordinate + 1); clamped in place and
+    turned into the fractional parts. ``attention_weights`` ``[B, Q, heads, levels * points]``.
+    Returns int32 rows into ``table.view(-1, head_dim)`` of a ``[B, S', heads, head_dim]`` table
+    and their weights (attention folded in), both ``[B * Q * heads, 4 * levels * points]``,
+    corners ordered (x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1) per sample block.
+    Every pass runs over contiguous runs of ``levels * points`` values.
+    """
+    batch, num_queries, num_heads, _, samples = pixels.shape
+    device, dtype = pixels.device, pixels.dtype
+    sizes = torch.tensor(layout.level_shapes, device=device, dtype=dtype)  # [L, (h, w)]
+    per_sample = sizes.repeat_interleave(num_points, dim=0)  # [L * P, (h, w)]
+    # the border keeps both neighbours of any coordinate in [0, size + 1] inside the table
+    upper = (per_sample.flip(-1).t() + 1).expand(num_heads, 2, samples)
+    pixels.clamp_(min=torch.zeros_like(upper), max=upper)
+    low = pixels.to(torch.int32)  # truncation is the floor: coordinates are >= 0
+    fractions = pixels.frac_()  # pixels - low, exactly
+    x1, y1 = fractions[:, :, :, 0], fractions[:, :, :, 1]
+    ax1 = x1 * attention_weights
+    ax0 = attention_weights - ax1
+    y0 = 1 - y1
+    weights = pixels.new_empty(batch, num_queries, num_heads, 4, samples)
+    torch.mul(y0, ax0, out=weights[:, :, :, 0])
+    torch.mul(y0, ax1, out=weights[:, :, :, 1])
+    torch.mul(y1, ax0, out=weights[:, :, :, 2])
+    torch.mul(y1, ax1, out=weights[:, :, :, 3])
+    rows = _corner_rows(low, layout, num_points)
+    bags = batch * num_queries * num_heads
+    return rows.view(bags, -1), weights.view(bags, -1)
+
+
+def _corner_rows(low: Tensor, layout: BorderedLayout, num_points: int) -> Tensor:
+    """``[B, Q, heads, 4, L * P]`` int32 table rows of the corners of ``low`` (see above).
+
+    The row of (image b, bordered token t, head h) is ``(b * S' + t) * heads + h``.
+    """
+    batch, num_queries, num_heads, _, samples = low.shape
+    device = low.device
+    total = layout.num_rows
+    widths = torch.tensor([w for _, w in layout.padded_shapes], device=device, dtype=torch.int32)
+    starts = torch.tensor(layout.level_starts(), device=device, dtype=torch.int32)
+    row_step = (widths * num_heads).repeat_interleave(num_points)  # [L * P]
+    base = (
+        torch.arange(batch, device=device, dtype=torch.int32).view(batch, 1, 1) * total
+        + starts.repeat_interleave(num_points).view(1, 1, samples)
+    ) * num_heads + torch.arange(num_heads, device=device, dtype=torch.int32).view(1, -1, 1)
+    rows = low.new_empty(batch, num_queries, num_heads, 4, samples)
+    first = rows[:, :, :, 0]
+    torch.mul(low[:, :, :, 1], row_step, out=first)
+    first.add_(low[:, :, :, 0], alpha=num_heads).add_(base[:, None])
+    torch.add(first, num_heads, out=rows[:, :, :, 1])
+    torch.add(first, row_step, out=rows[:, :, :, 2])
+    torch.add(rows[:, :, :, 2], num_heads, out=rows[:, :, :, 3])
+    return rows
+
+
+def deformable_attention_from_table(table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+    """Weighted sums of the ``rows`` of a ``[B, S', heads, head_dim]`` bordered table.
+
+    ``rows`` / ``weights`` ``[B * Q * heads, K]`` from :func:`corner_rows_and_weights`;
+    returns ``[B, Q, heads * head_dim]``.
+    """
+    batch, _, num_heads, head_dim = table.shape
+    out = F.embedding_bag(rows, table.reshape(-1, head_dim), per_sample_weights=weights, mode="sum")
+    return out.view(batch, -1, num_heads * head_dim)
+
+
 def bilinear_corner_indices_and_weights(
     spatial_shapes: list[tuple[int, int]],
     sampling_locations: Tensor,
@@ -71,7 +236,7 @@ def bilinear_corner_indices_and_weights(
     """Rows and weights of the 4 bilinear corners of every sample, in the bordered table.
 
     Returns two ``[batch * num_queries * num_heads, num_levels * num_points * 4]`` tensors
-    (int32 rows into ``_bordered_values(...).reshape(-1, head_dim)``, weights with the
+    (int32 rows into ``bordered_values(...).reshape(-1, head_dim)``, weights with the
     attention weight folded in). Every full-size result is written once, in place.
     """
     batch, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
@@ -142,7 +307,7 @@ def deformable_attention_gather(
         return value.new_zeros(batch, num_queries, num_heads * head_dim)
     del level_start_index  # the bordered table has its own level offsets
     shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    table = _bordered_values(value, shapes).reshape(-1, head_dim)
+    table = bordered_values(value, shapes).reshape(-1, head_dim)
     rows, weights = bilinear_corner_indices_and_weights(
         shapes, sampling_locations, attention_weights, num_heads
     )
