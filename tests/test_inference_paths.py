@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import focus_detr
 from focus_detr.models.attention import FeedForward
 from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
 from focus_detr.ops.deformable_attention_torch import border_tokens, bordered_values
+from tests.helpers import random_image, randomize_, tiny_config
 
 
 def test_blocked_feedforward_equals_the_plain_products() -> None:
@@ -101,3 +103,22 @@ def test_bordered_projection_is_zero_on_borders_and_padding() -> None:
         shapes,
     ).view(2, -1, 6)
     torch.testing.assert_close(table, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("sizes", [[(70, 90)], [(70, 90), (40, 120), (64, 64)]])
+def test_model_inference_paths_equal_the_differentiable_model(sizes) -> None:
+    """The whole model: no_grad (every inference-only path) against autograd (none)."""
+    model = randomize_(focus_detr.build_model(tiny_config())).double().eval()
+    images = [random_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    with torch.no_grad():
+        fast = model(images, raw=True)
+    with torch.enable_grad():
+        plain = model(images, raw=True)
+    assert plain.pred_logits.requires_grad
+    for name in ("pred_logits", "pred_boxes", "memory", "foreground_logits", "proposal_logits"):
+        torch.testing.assert_close(
+            getattr(fast, name), getattr(plain, name).detach(), atol=1e-10, rtol=0, msg=name
+        )
+    for fast_ids, plain_ids in zip(fast.encoder.token_indices, plain.encoder.token_indices):
+        assert torch.equal(fast_ids, plain_ids)
+    assert torch.equal(fast.proposal_token_indices, plain.proposal_token_indices)

@@ -51,6 +51,7 @@ _EXPORTS = {
     "FocusDETROutput": "focus_detr.structures",
     "ImageBatch": "focus_detr.structures",
     "draw_focus_map": "focus_detr.predict.draw_focus",
+    "retain_freed_memory": "focus_detr.allocator",
 }
 
 __all__ = [
@@ -83,11 +84,13 @@ __all__ = [
     "load_model",
     "predict_files",
     "preset_names",
+    "retain_freed_memory",
     "to_supervision",
     "train",
 ]
 
 if TYPE_CHECKING:
+    from focus_detr.allocator import retain_freed_memory
     from focus_detr.config import Config, ConfigError, LossConfig, ModelConfig, TrainConfig
     from focus_detr.data.discovery import load_dataset
     from focus_detr.deploy.onnx_export import export_onnx

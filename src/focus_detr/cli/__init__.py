@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``focus-detr`` console script."""
     args = build_parser().parse_args(argv)
+    from focus_detr.allocator import retain_freed_memory_unless_disabled
     from focus_detr.config import ConfigError
     from focus_detr.engine.distributed import DistributedError
     from focus_detr.engine.step import NonFiniteLossError
@@ -45,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from focus_detr.io import ImageReadError
     from focus_detr.weights.checkpoint import CheckpointError
 
+    retain_freed_memory_unless_disabled()  # large CPU tensors reused, not faulted in anew
     try:
         _check_device(getattr(args, "device", None))
         return int(args.run(args))

@@ -81,8 +81,14 @@ class MultiheadAttention(nn.Module):
         batch, num_queries, dim = query.shape
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        q = self._split_heads(F.linear(query, w_q, b_q))
-        k = self._split_heads(F.linear(key, w_k, b_k))
+        if query is key and inference_fast_path(query):
+            # self-attention: queries and keys in one product (the input is read once)
+            packed = F.linear(query, self.in_proj_weight[: 2 * dim], self.in_proj_bias[: 2 * dim])
+            packed = packed.view(batch, num_queries, 2, self.num_heads, -1)
+            q, k = packed.permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q = self._split_heads(F.linear(query, w_q, b_q))
+            k = self._split_heads(F.linear(key, w_k, b_k))
         v = self._split_heads(F.linear(value, w_v, b_v))
         allowed = None
         if key_padding_mask is not None:

@@ -27,7 +27,12 @@ from fractions import Fraction
 import torch
 from torch import Tensor, nn
 
-from focus_detr.models.attention import FeedForward, LayerSettings, MultiheadAttention
+from focus_detr.models.attention import (
+    FeedForward,
+    LayerSettings,
+    MultiheadAttention,
+    inference_fast_path,
+)
 from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
 from focus_detr.models.export_mode import is_exporting, traced_size
 from focus_detr.ops.deformable_attention_torch import BorderedTokens, border_tokens
@@ -253,74 +258,186 @@ class FocusEncoder(nn.Module):
         if padding is not None:
             ranking_scores = ranking_scores.masked_fill(padding, float("-inf"))
         ranked = ranking_scores.topk(most, dim=1).indices if exporting or most > 0 else None
-        # without autograd the layers write into this copy in place (one full-size copy in all)
-        memory = features if torch.is_grad_enabled() else features.clone()
-        token_indices, category_scores, dual_indices, dual_counts = [], [], [], []
         layers: list[FocusEncoderLayer] = list(self.layers)  # type: ignore[arg-type]
-        if layers and layers[0].deformable_attention.uses_fast_path(features):
-            bordered = border_tokens(features, inputs.level_shapes, padding)
-            inputs = dataclasses.replace(inputs, bordered_features=bordered)
-        for layer_index, layer in enumerate(layers):
-            counts = budgets[:, layer_index]
-            width = widths[layer_index]
-            if ranked is None or (not exporting and width == 0):  # e.g. a 1-pixel image
-                empty = counts.new_zeros(batch, 0)
-                token_indices.append(empty)
-                category_scores.append(features.new_zeros(batch, 0))
-                dual_indices.append(empty)
-                dual_counts.append(torch.zeros_like(counts))
-                continue
-            token_ids = ranked[:, :width]
-            memory, selection = self._run_layer(
-                layer, memory, token_ids, counts, foreground_logits, class_head, inputs
+        selections: list[_LayerSelection | None]
+        if ranked is None:
+            memory, selections = features, [None] * len(layers)
+        elif inference_fast_path(features):
+            if layers[0].deformable_attention.uses_fast_path(features):
+                bordered = border_tokens(features, inputs.level_shapes, padding)
+                inputs = dataclasses.replace(inputs, bordered_features=bordered)
+            memory, selections = self._run_layers_in_place(
+                layers, ranked, widths, budgets, foreground_logits, class_head, inputs
             )
-            token_indices.append(token_ids)
-            category_scores.append(selection.category_scores)
-            dual_indices.append(token_ids.gather(1, selection.dual_attention_slots))
-            dual_counts.append(selection.dual_attention_counts)
-        trace = EncoderTrace(
-            token_indices=token_indices,
-            token_counts=budgets,
-            category_scores=category_scores,
-            dual_attention_indices=dual_indices,
-            dual_attention_counts=torch.stack(dual_counts, dim=1),
-        )
-        return memory, trace
+        else:
+            memory, selections = self._run_layers(
+                layers, ranked, widths, budgets, foreground_logits, class_head, inputs
+            )
+        return memory, _trace(selections, ranked, widths, budgets, features)
 
     @staticmethod
-    def _run_layer(
-        layer: FocusEncoderLayer,
-        memory: Tensor,
-        token_ids: Tensor,
-        counts: Tensor,
+    def _run_layers(
+        layers: list[FocusEncoderLayer],
+        ranked: Tensor,
+        widths: list[int],
+        budgets: Tensor,
         foreground_logits: Tensor,
         class_head: nn.Module,
         inputs: EncoderInputs,
-    ) -> tuple[Tensor, _LayerSelection]:
-        """Gather the tokens of ``token_ids``, update them with ``layer``, write them back."""
-        batch, width = token_ids.shape
-        tokens = gather_tokens(memory, token_ids)
-        positions = gather_tokens(inputs.positions, token_ids)
-        references = gather_tokens(inputs.references, token_ids)
-        foreground = foreground_logits.gather(1, token_ids)
-        category_scores = class_head(tokens).max(dim=-1).values * foreground
-        updated, slots, dual_counts = layer(
-            tokens, positions, references, category_scores, counts, inputs
-        )
-        active = torch.arange(width, device=memory.device)[None, :] < counts[:, None]
-        if is_exporting() or not bool(active.all()):
-            # filler slots write their token's old value back: a no-op
-            updated = torch.where(active[..., None], updated, tokens)
-        if is_exporting():  # rows written at once (ONNX ScatterND), not element by element
-            rows = torch.arange(batch, device=memory.device)[:, None]
-            memory = memory.index_put((rows, token_ids), updated)
-        elif torch.is_grad_enabled():
-            index = token_ids[..., None].expand_as(updated)
-            memory = memory.scatter(1, index, updated)  # autograd needs the old memory
-        else:
-            index = token_ids[..., None].expand_as(updated)
-            memory.scatter_(1, index, updated)  # owned by the encoder (copied once)
-        return memory, _LayerSelection(category_scores, slots, dual_counts)
+    ) -> tuple[Tensor, list[_LayerSelection | None]]:
+        """Every layer gathers its tokens from the memory and writes them back into a new
+        memory (autograd and export; see :meth:`_run_layers_in_place` for inference)."""
+        memory = inputs.features
+        batch = memory.shape[0]
+        selections: list[_LayerSelection | None] = []
+        for layer_index, layer in enumerate(layers):
+            width = widths[layer_index]
+            if not is_exporting() and width == 0:  # e.g. a 1-pixel image
+                selections.append(None)
+                continue
+            token_ids = ranked[:, :width]
+            tokens = gather_tokens(memory, token_ids)
+            updated, selection = _update_tokens(
+                layer,
+                tokens,
+                gather_tokens(inputs.positions, token_ids),
+                gather_tokens(inputs.references, token_ids),
+                foreground_logits.gather(1, token_ids),
+                budgets[:, layer_index],
+                class_head,
+                inputs,
+            )
+            if is_exporting():  # rows written at once (ONNX ScatterND), not element by element
+                rows = torch.arange(batch, device=memory.device)[:, None]
+                memory = memory.index_put((rows, token_ids), updated)
+            else:
+                index = token_ids[..., None].expand_as(updated)
+                memory = memory.scatter(1, index, updated)  # autograd needs the old memory
+            selections.append(selection)
+        return memory, selections
+
+    @staticmethod
+    def _run_layers_in_place(
+        layers: list[FocusEncoderLayer],
+        ranked: Tensor,
+        widths: list[int],
+        budgets: Tensor,
+        foreground_logits: Tensor,
+        class_head: nn.Module,
+        inputs: EncoderInputs,
+    ) -> tuple[Tensor, list[_LayerSelection | None]]:
+        """Inference: the tokens of every layer are a prefix of the ranking, so the ranked
+        tokens (and their positions, references, foreground logits) are gathered once; each
+        layer updates its prefix of that working copy in place, and the memory is written
+        once at the end. The same values as :meth:`_run_layers`: a layer's gather would read
+        exactly what the previous layers wrote (filler slots keep their value)."""
+        working = take_rows(inputs.features, ranked)
+        positions = take_rows(inputs.positions, ranked)
+        references = take_rows(inputs.references, ranked)
+        foreground = foreground_logits.gather(1, ranked)
+        selections: list[_LayerSelection | None] = []
+        for layer_index, layer in enumerate(layers):
+            width = widths[layer_index]
+            if width == 0:
+                selections.append(None)
+                continue
+            tokens = working[:, :width]
+            updated, selection = _update_tokens(
+                layer,
+                tokens,
+                positions[:, :width],
+                references[:, :width],
+                foreground[:, :width],
+                budgets[:, layer_index],
+                class_head,
+                inputs,
+            )
+            tokens.copy_(updated)
+            selections.append(selection)
+        return put_rows(inputs.features.clone(), ranked, working), selections
+
+
+def _update_tokens(
+    layer: FocusEncoderLayer,
+    tokens: Tensor,
+    positions: Tensor,
+    references: Tensor,
+    foreground: Tensor,
+    counts: Tensor,
+    class_head: nn.Module,
+    inputs: EncoderInputs,
+) -> tuple[Tensor, _LayerSelection]:
+    """Score and update gathered tokens ``[B, K, D]`` with ``layer`` (the first ``counts[b]``
+    real for image ``b``; the others, filler, come back unchanged). ``tokens`` is not
+    modified."""
+    category_scores = class_head(tokens).max(dim=-1).values * foreground
+    updated, slots, dual_counts = layer(
+        tokens, positions, references, category_scores, counts, inputs
+    )
+    width = tokens.shape[1]
+    active = torch.arange(width, device=tokens.device)[None, :] < counts[:, None]
+    if is_exporting() or not bool(active.all()):
+        # filler slots write their token's old value back: a no-op
+        updated = torch.where(active[..., None], updated, tokens)
+    return updated, _LayerSelection(category_scores, slots, dual_counts)
+
+
+def _trace(
+    selections: list[_LayerSelection | None],
+    ranked: Tensor | None,
+    widths: list[int],
+    budgets: Tensor,
+    like: Tensor,
+) -> EncoderTrace:
+    """What every layer selected (empty entries for layers that updated nothing)."""
+    batch = budgets.shape[0]
+    token_indices, category_scores, dual_indices, dual_counts = [], [], [], []
+    for layer_index, selection in enumerate(selections):
+        if selection is None or ranked is None:
+            empty = budgets.new_zeros(batch, 0)
+            token_indices.append(empty)
+            category_scores.append(like.new_zeros(batch, 0))
+            dual_indices.append(empty)
+            dual_counts.append(torch.zeros_like(budgets[:, layer_index]))
+            continue
+        token_ids = ranked[:, : widths[layer_index]]
+        token_indices.append(token_ids)
+        category_scores.append(selection.category_scores)
+        dual_indices.append(token_ids.gather(1, selection.dual_attention_slots))
+        dual_counts.append(selection.dual_attention_counts)
+    return EncoderTrace(
+        token_indices=token_indices,
+        token_counts=budgets,
+        category_scores=category_scores,
+        dual_attention_indices=dual_indices,
+        dual_attention_counts=torch.stack(dual_counts, dim=1),
+    )
+
+
+def take_rows(values: Tensor, token_ids: Tensor) -> Tensor:
+    """``[B, N, C]`` values of the ``[B, K]`` tokens ``token_ids`` -> ``[B, K, C]`` (inference:
+    whole rows copied by ``index_select``, not element by element like ``torch.gather``)."""
+    batch, num_tokens, channels = values.shape
+    flat = _flat_rows(token_ids, num_tokens)
+    return (
+        values.reshape(batch * num_tokens, channels).index_select(0, flat).view(batch, -1, channels)
+    )
+
+
+def put_rows(memory: Tensor, token_ids: Tensor, rows: Tensor) -> Tensor:
+    """Write ``rows`` ``[B, K, C]`` into the ``[B, K]`` tokens ``token_ids`` of ``memory``
+    ``[B, N, C]`` in place (``index_copy_``); returns ``memory``."""
+    batch, num_tokens, channels = memory.shape
+    flat = _flat_rows(token_ids, num_tokens)
+    memory.view(batch * num_tokens, channels).index_copy_(0, flat, rows.reshape(-1, channels))
+    return memory
+
+
+def _flat_rows(token_ids: Tensor, num_tokens: int) -> Tensor:
+    """``[B, K]`` token ids -> ``[B * K]`` rows of the ``[B * N, C]`` flattened tokens."""
+    batch = token_ids.shape[0]
+    offsets = torch.arange(batch, device=token_ids.device)[:, None] * num_tokens
+    return (token_ids + offsets).flatten()
 
 
 def gather_tokens(values: Tensor, token_ids: Tensor) -> Tensor:

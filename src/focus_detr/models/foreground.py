@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focus_detr.models.attention import inference_fast_path
+
 
 class TokenScorer(nn.Module):
     """``[B, N_l, D]`` tokens of one level -> ``[B, N_l]`` foreground logits.
@@ -40,10 +42,22 @@ class TokenScorer(nn.Module):
             global_ = (global_ * weights).sum(dim=1, keepdim=True) / weights.sum(
                 dim=1, keepdim=True
             ).clamp(min=1)
-        z = torch.cat((local, global_.expand_as(local)), dim=-1)
-        z = F.gelu(self.hidden1(z))
-        z = F.gelu(self.hidden2(z))
+        if inference_fast_path(z):
+            z = self._hidden1_of_halves(local, global_)
+        else:
+            z = self.hidden1(torch.cat((local, global_.expand_as(local)), dim=-1))
+        z = F.gelu(self.hidden2(F.gelu(z)))
         return self.output(z).squeeze(-1)
+
+    def _hidden1_of_halves(self, local: Tensor, global_: Tensor) -> Tensor:
+        """``hidden1([local, global_])`` without building the concatenation: the global
+        half is the same for every token of an image, so its product and the bias are one
+        ``[B, 1, D/2]`` row added to the local half's product."""
+        half = local.shape[-1]
+        weight_local, weight_global = self.hidden1.weight.split(half, dim=1)
+        row = F.linear(global_, weight_global, self.hidden1.bias)  # [B, 1, D/2]
+        batch = local.shape[0]
+        return torch.baddbmm(row, local, weight_local.t().expand(batch, -1, -1))
 
 
 class ForegroundScorer(nn.Module):
@@ -91,7 +105,11 @@ class ForegroundScorer(nn.Module):
                     previous, valid_sizes[:, level + 1], valid_sizes[:, level], (height, width)
                 )
                 weight = self.top_down_weights[step - 1]
-                level_tokens = level_tokens + level_tokens * up.flatten(1)[..., None] * weight
+                if inference_fast_path(level_tokens):  # one pass over the tokens
+                    gain = (up.flatten(1) * weight)[..., None]
+                    level_tokens = torch.addcmul(level_tokens, level_tokens, gain)
+                else:
+                    level_tokens = level_tokens + level_tokens * up.flatten(1)[..., None] * weight
             level_scores = self.scorer(level_tokens, level_mask)
             scores[level] = level_scores
             previous = level_scores.view(batch, height, width)

@@ -40,6 +40,25 @@ def sine_position_embedding(
     Args:
         valid_sizes: ``[B, 2]`` valid (height, width) of each image at this resolution.
     """
+    pos_y, pos_x = sine_position_factors(
+        valid_sizes, height, width, num_feats=num_feats, temperature=temperature, offset=offset,
+        dtype=dtype,
+    )  # fmt: skip
+    return torch.cat((pos_y, pos_x), dim=-1).permute(0, 3, 1, 2)
+
+
+def sine_position_factors(
+    valid_sizes: Tensor,
+    height: int,
+    width: int,
+    *,
+    num_feats: int,
+    temperature: float,
+    offset: float,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """The two halves of :func:`sine_position_embedding` as ``[B, H, W, num_feats]``
+    expanded views: the y embedding of each row and the x embedding of each column."""
     device = valid_sizes.device
     scale = 2 * math.pi
     eps = 1e-6
@@ -55,7 +74,7 @@ def sine_position_embedding(
     batch = valid_sizes.shape[0]
     pos_y = pos_y[:, :, None, :].expand(batch, height, width, num_feats)
     pos_x = pos_x[:, None, :, :].expand(batch, height, width, num_feats)
-    return torch.cat((pos_y, pos_x), dim=-1).permute(0, 3, 1, 2)
+    return pos_y, pos_x
 
 
 def box_sine_embedding(boxes: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> Tensor:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from focus_detr.models.attention import MLP
+from focus_detr.models.attention import MLP, inference_fast_path
 from focus_detr.models.export_mode import is_exporting, traced_size
 
 #: proposals with a coordinate outside ``(MARGIN, 1 - MARGIN)`` are invalid (DINO)
@@ -105,6 +105,13 @@ class TokenProjection(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, tokens: Tensor, valid: Tensor) -> Tensor:
+        """``[B, N, D]`` tokens, ``[B, N]`` validity -> ``[B, N, D]``."""
+        if inference_fast_path(tokens):
+            # linear(0) is exactly the bias: project the tokens as they are and overwrite the
+            # few invalid rows (border proposals), instead of copying every token to mask them
+            projected = self.linear(tokens)
+            projected[~valid] = self.linear.bias
+            return self.norm(projected)
         return self.norm(self.linear(tokens.masked_fill(~valid[..., None], 0.0)))
 
 

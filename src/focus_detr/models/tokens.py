@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from focus_detr.models.attention import inference_fast_path
 from focus_detr.models.export_mode import is_exporting
 from focus_detr.models.masking import padding_mask_from_sizes, valid_sizes_at_stride
-from focus_detr.models.position_encoding import sine_position_embedding
+from focus_detr.models.position_encoding import sine_position_embedding, sine_position_factors
 from focus_detr.models.query_selection import TokenProposals, token_proposals
 from focus_detr.structures import TokenLayout
 
@@ -63,20 +66,10 @@ def flatten_levels(
     level_start_index = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1]))
     valid_sizes = torch.stack([valid_sizes_at_stride(image_sizes, s) for s in strides], dim=1)
     padded = is_exporting() or bool((valid_sizes != spatial_shapes[None]).any())
-    features, positions, references, masks = [], [], [], []
+    features, references, masks = [], [], []
     for level, (feature, (height, width)) in enumerate(zip(levels, shapes)):
         valid = valid_sizes[:, level]
         features.append(feature.flatten(2).transpose(1, 2))
-        position = sine_position_embedding(
-            valid,
-            height,
-            width,
-            num_feats=feature.shape[1] // 2,
-            temperature=temperature,
-            offset=offset,
-            dtype=dtype,
-        )
-        positions.append(position.flatten(2).transpose(1, 2) + level_embeddings[level])
         references.append(_cell_centres(valid, height, width, dtype))
         masks.append(padding_mask_from_sizes(valid, height, width).flatten(1))
     padding_mask = torch.cat(masks, dim=1)
@@ -85,16 +78,67 @@ def flatten_levels(
     if padded:
         valid_ratios = (valid_sizes.to(dtype) / spatial_shapes[None].to(dtype)).flip(-1)
     used_mask = padding_mask if padded else None
+    embedding = _PositionEmbedding(level_embeddings, temperature, offset, dtype)
     return Tokens(
         level_shapes=shapes,
         features=torch.cat(features, dim=1),
-        positions=torch.cat(positions, dim=1),
+        positions=embedding(shapes, valid_sizes),
         references=torch.cat(references, dim=1),
         layout=layout,
         valid_ratios=valid_ratios,
         padding_mask=used_mask,
         proposals=token_proposals(shapes, valid_sizes, used_mask, dtype),
     )
+
+
+@dataclass(frozen=True)
+class _PositionEmbedding:
+    """Sine position embedding of every token plus its level's learned embedding."""
+
+    level_embeddings: Tensor
+    temperature: float
+    offset: float
+    dtype: torch.dtype
+
+    def __call__(self, shapes: Sequence[tuple[int, int]], valid_sizes: Tensor) -> Tensor:
+        """``[B, N, D]`` positions of the tokens of levels of ``shapes`` (finest first)."""
+        if inference_fast_path(self.level_embeddings):
+            return self._written_in_place(shapes, valid_sizes)
+        positions = []
+        for level, (height, width) in enumerate(shapes):
+            position = sine_position_embedding(
+                valid_sizes[:, level], height, width, **self._settings()
+            )
+            positions.append(position.flatten(2).transpose(1, 2) + self.level_embeddings[level])
+        return torch.cat(positions, dim=1)
+
+    def _written_in_place(self, shapes: Sequence[tuple[int, int]], valid_sizes: Tensor) -> Tensor:
+        """Inference: the same sums written straight into one ``[B, N, D]`` tensor (no
+        per-level embedding, sum or concatenation copies)."""
+        batch, dim = valid_sizes.shape[0], self.level_embeddings.shape[1]
+        half = dim // 2
+        total = sum(height * width for height, width in shapes)
+        dtype = torch.promote_types(self.dtype, self.level_embeddings.dtype)  # as the sum's
+        positions = self.level_embeddings.new_empty(batch, total, dim, dtype=dtype)
+        start = 0
+        for level, (height, width) in enumerate(shapes):
+            pos_y, pos_x = sine_position_factors(
+                valid_sizes[:, level], height, width, **self._settings()
+            )
+            out = positions[:, start : start + height * width].view(batch, height, width, dim)
+            embedding = self.level_embeddings[level]
+            torch.add(pos_y, embedding[:half], out=out[..., :half])
+            torch.add(pos_x, embedding[half:], out=out[..., half:])
+            start += height * width
+        return positions
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "num_feats": self.level_embeddings.shape[1] // 2,
+            "temperature": self.temperature,
+            "offset": self.offset,
+            "dtype": self.dtype,
+        }
 
 
 def _cell_centres(valid_sizes: Tensor, height: int, width: int, dtype: torch.dtype) -> Tensor:

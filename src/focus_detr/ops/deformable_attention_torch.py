@@ -98,16 +98,15 @@ class BorderedLayout:
 class BorderedTokens:
     """Tokens laid out as the gather path's table: every level's map with its zero border.
 
-    Inference-only (see :func:`border_tokens`). A per-token linear map of ``tokens`` with the
-    ``zero_rows`` reset to zero afterwards is the bordered table of the mapped tokens: the
-    value projection of every attention layer that reads these tokens costs one product and
-    no copy.
+    Inference-only (see :func:`border_tokens`). Each row holds a token and a last column of
+    1, or only zeros where the table must read zero (the borders, and padding tokens, whose
+    projection the plain path masks to zero): one product with ``[weight | bias]`` then
+    gives the bordered table of any linear map of the tokens, zero rows included, with no
+    copy and no separate bias pass. Every value projection of the attention layers that read
+    these tokens costs that one product.
 
     Attributes:
-        tokens: ``[B, S', C]`` the tokens, zero on the borders.
-        zero_rows: ``[R]`` int64 rows of ``tokens.view(B * S', C)`` that must read zero after a
-            projection: the borders, and padding tokens (whose projection the plain path
-            masks to zero).
+        tokens: ``[B, S', C + 1]`` the tokens and their 1 (zero rows on borders and padding).
         layout: the level shapes and their places in ``S'``.
         scratch: per output width, the ``[B * S', C_out]`` buffer that every projection of
             these tokens overwrites (the layers run one after the other and use their table
@@ -115,7 +114,6 @@ class BorderedTokens:
     """
 
     tokens: Tensor
-    zero_rows: Tensor
     layout: BorderedLayout
     scratch: dict[int, Tensor] = field(default_factory=dict)
 
@@ -126,13 +124,10 @@ class BorderedTokens:
         if width not in self.scratch:
             self.scratch[width] = self.tokens.new_empty(batch * rows, width)
         table = self.scratch[width]
-        flat = self.tokens.view(batch * rows, channels)
-        if bias is None:
-            torch.mm(flat, weight.t(), out=table)
-        else:
-            torch.addmm(bias, flat, weight.t(), out=table)
-        table.index_fill_(0, self.zero_rows, 0.0)
-        return table.view(batch, rows, -1)
+        column = weight.new_zeros(width, 1) if bias is None else bias[:, None]
+        augmented = torch.cat((weight, column), dim=1)
+        torch.mm(self.tokens.view(batch * rows, channels), augmented.t(), out=table)
+        return table.view(batch, rows, width)
 
 
 def border_tokens(
@@ -140,19 +135,27 @@ def border_tokens(
 ) -> BorderedTokens:
     """``[B, S, C]`` tokens of ``level_shapes`` maps (``padding_mask`` ``[B, S]``, True on
     padding) -> :class:`BorderedTokens` (one copy of the tokens)."""
-    batch, num_tokens, channels = tokens.shape
-    shapes = [(int(h), int(w)) for h, w in level_shapes]
-    bordered = bordered_values(tokens.view(batch, num_tokens, 1, channels), shapes)
-    # 1 where a row reads a token, 0 on the borders; padding tokens then become 0 too
-    reads = bordered_values(tokens.new_ones(1, num_tokens, 1, 1), shapes).view(1, -1)
-    if padding_mask is None:
-        reads = reads.expand(batch, -1)
-    else:
-        keep = (~padding_mask).to(tokens.dtype).view(batch, num_tokens, 1, 1)
-        reads = bordered_values(keep, shapes).view(batch, -1)
-    zero_rows = (reads == 0).flatten().nonzero().squeeze(1)
-    bordered = bordered.view(batch, -1, channels)
-    return BorderedTokens(bordered, zero_rows, BorderedLayout(tuple(shapes)))
+    batch, _, channels = tokens.shape
+    layout = BorderedLayout(tuple((int(h), int(w)) for h, w in level_shapes))
+    table = tokens.new_zeros(batch, layout.num_rows, channels + 1)
+    source = 0
+    for (height, width), (padded_height, padded_width), target in zip(
+        layout.level_shapes, layout.padded_shapes, layout.level_starts()
+    ):
+        level = table[:, target : target + padded_height * padded_width]
+        level = level.view(batch, padded_height, padded_width, channels + 1)
+        inner = level[:, _BORDER_BEFORE : _BORDER_BEFORE + height]
+        inner = inner[:, :, _BORDER_BEFORE : _BORDER_BEFORE + width]
+        count = height * width
+        inner[..., :channels] = tokens[:, source : source + count].view(batch, height, width, -1)
+        if padding_mask is None:
+            inner[..., channels] = 1.0
+        else:
+            padding = padding_mask[:, source : source + count].view(batch, height, width, 1)
+            inner[..., channels:] = ~padding
+            inner.masked_fill_(padding, 0.0)
+        source += count
+    return BorderedTokens(table, layout)
 
 
 def corner_rows_and_weights(
