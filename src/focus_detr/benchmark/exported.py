@@ -50,6 +50,9 @@ def exported_runtimes(
     from focus_detr.deploy.onnx_export import export_onnx
     from focus_detr.predict.detector import RUNTIMES
 
+    if not runtimes:
+        yield {}
+        return
     cpu_images = [image.cpu() for image in images]
     with tempfile.TemporaryDirectory(prefix="focus_detr_export_") as folder:
         report = export_onnx(model, Path(folder) / "model.onnx")

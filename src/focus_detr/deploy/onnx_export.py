@@ -328,9 +328,13 @@ def _deformable_backend(model: nn.Module, backend: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _lean_tracing() -> Iterator[None]:
-    """Skip recording a Python stack trace per traced node: the export is faster."""
+    """Skip recording a Python stack trace per traced node: the export is faster (where
+    this torch has the switch: 2.14 does, 2.11 does not)."""
     import torch.fx.config as fx_config
 
+    if not hasattr(fx_config, "do_not_emit_stack_traces"):
+        yield
+        return
     saved = fx_config.do_not_emit_stack_traces
     fx_config.do_not_emit_stack_traces = True
     try:

@@ -36,9 +36,16 @@ class LayerSettings:
 
 def inference_fast_path(x: Tensor) -> bool:
     """True where an inference-only formulation (``out=`` buffers, in-place updates) may run:
-    no gradient is recorded and ``torch.export`` is not tracing (it needs the plain ops)."""
-    del x  # the condition is global; the argument documents what it is asked about
-    return not torch.is_grad_enabled() and not is_exporting()
+    no gradient is recorded, ``torch.export`` is not tracing (it needs the plain ops), and
+    ``x`` is a CPU tensor outside autocast. These paths save memory traffic on CPU caches; on
+    a GPU their blocked products only add kernel launches, and ``out=`` products escape
+    autocast's casts."""
+    return (
+        not torch.is_grad_enabled()
+        and not is_exporting()
+        and x.device.type == "cpu"
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 class MultiheadAttention(nn.Module):

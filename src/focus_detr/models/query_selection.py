@@ -110,7 +110,7 @@ class TokenProjection(nn.Module):
             # linear(0) is exactly the bias: project the tokens as they are and overwrite the
             # few invalid rows (border proposals), instead of copying every token to mask them
             projected = self.linear(tokens)
-            projected[~valid] = self.linear.bias
+            projected[~valid] = self.linear.bias.to(projected.dtype)  # autocast: bf16
             return self.norm(projected)
         return self.norm(self.linear(tokens.masked_fill(~valid[..., None], 0.0)))
 
