@@ -9,7 +9,11 @@ import torch
 import focus_detr
 from focus_detr.models.attention import FeedForward
 from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
-from focus_detr.ops.deformable_attention_torch import border_tokens, bordered_values
+from focus_detr.ops.deformable_attention_torch import (
+    border_tokens,
+    bordered_values,
+    channel_first_tokens,
+)
 from tests.helpers import random_image, randomize_, tiny_config
 
 
@@ -76,6 +80,24 @@ def test_inference_deformable_attention_equals_the_differentiable_path(
         shared = module.attend_bordered(args[0], args[1], source, args[5])
     for result in (fast, from_projected, shared):
         torch.testing.assert_close(result, plain.detach(), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("reference_size", [2, 4])
+@pytest.mark.parametrize("padded", [False, True])
+def test_exported_formulation_equals_the_grid_sample_backend(
+    reference_size: int, padded: bool
+) -> None:
+    """The graph export traces (channel-first values with the bias and padding in one
+    product, grids by one multiply-add, one GridSample per level) against the reference
+    grid_sample backend, run eagerly."""
+    module, args, shapes = _deformable_case(reference_size, padded)
+    query, reference, value, spatial_shapes, _, valid_ratios, mask = args
+    module.backend = "grid_sample"
+    with torch.no_grad():
+        expected = module(*args, level_shapes=shapes)
+        source = channel_first_tokens(value, shapes, spatial_shapes, mask)
+        exported = module.attend_shared(query, reference, source, valid_ratios)
+    torch.testing.assert_close(exported, expected, atol=1e-12, rtol=0)
 
 
 def test_the_fast_path_is_only_taken_without_autograd_and_with_the_gather_backend() -> None:

@@ -17,10 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from focus_detr.models.attention import MLP, FeedForward, LayerSettings, MultiheadAttention
-from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
+from focus_detr.models.deformable_attention import MultiScaleDeformableAttention, SharedValues
 from focus_detr.models.position_encoding import box_sine_embedding
 from focus_detr.ops.boxes import inverse_sigmoid
-from focus_detr.ops.deformable_attention_torch import BorderedTokens, border_tokens
 
 
 @dataclass
@@ -28,9 +27,9 @@ class DecoderMemory:
     """The encoder output the decoder attends to (see :class:`MultiScaleDeformableAttention`).
 
     ``level_shapes`` holds the (height, width) of each level as Python ints (symbols under
-    export), the values of ``spatial_shapes``. ``bordered_tokens``: ``tokens`` laid out for
-    the inference gather path, shared by every layer's value projection (set by
-    :class:`Decoder`).
+    export), the values of ``spatial_shapes``. ``shared_values``: ``tokens`` prepared once for
+    every layer's cross-attention (:meth:`MultiScaleDeformableAttention.shared_values`; set
+    by :class:`Decoder`).
     """
 
     tokens: Tensor
@@ -39,7 +38,7 @@ class DecoderMemory:
     level_start_index: Tensor
     valid_ratios: Tensor | None
     padding_mask: Tensor | None
-    bordered_tokens: BorderedTokens | None = None
+    shared_values: SharedValues | None = None
 
 
 class DecoderLayer(nn.Module):
@@ -74,9 +73,9 @@ class DecoderLayer(nn.Module):
             attn_mask=self_attention_mask,
         )
         queries = self.self_attention_norm(queries + self.dropout(attended))
-        if memory.bordered_tokens is not None:
-            attended = self.cross_attention.attend_bordered(
-                queries + query_positions, references, memory.bordered_tokens, memory.valid_ratios
+        if memory.shared_values is not None:
+            attended = self.cross_attention.attend_shared(
+                queries + query_positions, references, memory.shared_values, memory.valid_ratios
             )
         else:
             attended = self.cross_attention(
@@ -133,9 +132,11 @@ class Decoder(nn.Module):
         """
         hidden, refined = [], []
         layers: list[DecoderLayer] = list(self.layers)  # type: ignore[arg-type]
-        if layers and layers[0].cross_attention.uses_fast_path(memory.tokens):
-            bordered = border_tokens(memory.tokens, memory.level_shapes, memory.padding_mask)
-            memory = dataclasses.replace(memory, bordered_tokens=bordered)
+        if layers:
+            shared = layers[0].cross_attention.shared_values(
+                memory.tokens, memory.level_shapes, memory.spatial_shapes, memory.padding_mask
+            )
+            memory = dataclasses.replace(memory, shared_values=shared)
         for layer, box_head in zip(layers, box_heads):
             # The sine embedding uses the reference in the image's own coordinates (detrex
             # scales it by the level-0 valid ratio: identical without padding, batch-dependent

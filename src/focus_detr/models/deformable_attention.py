@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from focus_detr.models.attention import LayerSettings, inference_fast_path
+from focus_detr.models.export_mode import is_exporting
 from focus_detr.ops.deformable_attention_dispatch import (
     multi_scale_deformable_attention,
     resolve_backend,
@@ -16,11 +17,18 @@ from focus_detr.ops.deformable_attention_dispatch import (
 from focus_detr.ops.deformable_attention_torch import (
     BorderedLayout,
     BorderedTokens,
+    ChannelFirstTokens,
     border_tokens,
     bordered_values,
+    channel_first_tokens,
     corner_rows_and_weights,
     deformable_attention_from_table,
+    grid_sample_levels,
 )
+
+#: Value tokens prepared once for all the layers that read them (see
+#: :meth:`MultiScaleDeformableAttention.shared_values`).
+SharedValues = BorderedTokens | ChannelFirstTokens
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -158,6 +166,92 @@ class MultiScaleDeformableAttention(nn.Module):
         """True when the inference-only gather formulation (:meth:`attend_bordered`) runs:
         no gradient recorded, not under export, and the gather backend chosen."""
         return inference_fast_path(query) and resolve_backend(self.backend, query) == "gather"
+
+    def shared_values(
+        self,
+        tokens: Tensor,
+        level_shapes: Sequence[tuple[int, int]],
+        spatial_shapes: Tensor,
+        padding_mask: Tensor | None,
+    ) -> SharedValues | None:
+        """``tokens`` prepared once for every layer like this one that attends into them, or
+        None where the layers project their values themselves: the bordered table of the
+        inference gather path, or channel-first tokens under export with ``GridSample``
+        (:func:`channel_first_tokens`)."""
+        if self.uses_fast_path(tokens):
+            return border_tokens(tokens, level_shapes, padding_mask)
+        if is_exporting() and resolve_backend(self.backend, tokens) == "grid_sample":
+            return channel_first_tokens(tokens, level_shapes, spatial_shapes, padding_mask)
+        return None
+
+    def attend_shared(
+        self,
+        query: Tensor,
+        reference: Tensor,
+        source: SharedValues,
+        valid_ratios: Tensor | None,
+    ) -> Tensor:
+        """:meth:`forward` on values from :meth:`shared_values`."""
+        if isinstance(source, BorderedTokens):
+            return self.attend_bordered(query, reference, source, valid_ratios)
+        return self.attend_channel_first(query, reference, source, valid_ratios)
+
+    def attend_channel_first(
+        self,
+        query: Tensor,
+        reference: Tensor,
+        source: ChannelFirstTokens,
+        valid_ratios: Tensor | None,
+    ) -> Tensor:
+        """:meth:`forward` as the exported graph runs it: values projected channel first by
+        one product (bias and padding included), sampling grids by one multiply-add from the
+        offsets, one ``GridSample`` per level."""
+        batch, num_queries, _ = query.shape
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        value = source.project(self.value_proj.weight, self.value_proj.bias)  # [B, D, S]
+        head_dim = value.shape[1] // heads
+        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
+        scale, shift = self._grid_transform(reference, source.spatial_shapes, valid_ratios)
+        # [B, heads, L, P, Q, 2]: grid_sample's [-1, 1] coordinates, queries innermost but one
+        grids = offsets.permute(0, 2, 3, 4, 1, 5) * scale + shift
+        grids = grids.reshape(batch * heads, levels, points, num_queries, 2)
+        weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
+        weights = weights.softmax(-1).permute(0, 2, 3, 1)  # [B, heads, L * P, Q]
+        weights = weights.reshape(batch * heads, 1, levels, points, num_queries)
+        maps, start = [], 0
+        for height, width in source.level_shapes:
+            level = value[:, :, start : start + height * width]
+            maps.append(level.reshape(batch * heads, head_dim, height, width))
+            start = start + height * width
+        out = grid_sample_levels(maps, grids, weights)  # [B * heads, head_dim, Q]
+        out = out.view(batch, heads * head_dim, num_queries).transpose(1, 2)
+        return self.dropout(self.output_proj(out))
+
+    def _grid_transform(
+        self, reference: Tensor, spatial_shapes: Tensor, valid_ratios: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Offsets -> ``grid_sample`` coordinates: ``grid = offset * scale + shift``, both
+        broadcastable to ``[B, heads, L, P, Q, 2]``: :meth:`_sampling_locations` mapped to
+        [-1, 1] (``2 * location - 1``), with the per-query, per-level factors folded."""
+        centre = reference[..., :2]  # [B, Q, 2]
+        if valid_ratios is None:
+            shift = 2 * centre[:, :, None] - 1  # [B, Q, 1, 2]
+        else:
+            shift = 2 * centre[:, :, None] * valid_ratios[:, None] - 1  # [B, Q, L, 2]
+        if reference.shape[-1] == 2:
+            # pixels of the level: the valid ratio of the extent cancels the one of the location
+            scale = (2 / spatial_shapes.flip(-1).to(reference.dtype))[None, None]  # [1, 1, L, 2]
+        elif reference.shape[-1] == 4:
+            scale = reference[:, :, None, 2:] / self.num_points  # [B, Q, 1, 2]
+            if valid_ratios is not None:
+                scale = scale * valid_ratios[:, None]
+        else:
+            raise ValueError(f"reference must end in 2 or 4 values, got {reference.shape[-1]}")
+
+        def placed(factor: Tensor) -> Tensor:  # [b, q, l, 2] -> [b, 1, l, 1, q, 2]
+            return factor.permute(0, 2, 1, 3)[:, None, :, None]
+
+        return placed(scale), placed(shift)
 
     def attend_bordered(
         self,

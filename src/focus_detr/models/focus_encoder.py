@@ -33,9 +33,8 @@ from focus_detr.models.attention import (
     MultiheadAttention,
     inference_fast_path,
 )
-from focus_detr.models.deformable_attention import MultiScaleDeformableAttention
+from focus_detr.models.deformable_attention import MultiScaleDeformableAttention, SharedValues
 from focus_detr.models.export_mode import is_exporting, traced_size
-from focus_detr.ops.deformable_attention_torch import BorderedTokens, border_tokens
 from focus_detr.structures import EncoderTrace
 
 
@@ -51,8 +50,9 @@ class EncoderInputs:
         level_shapes: (height, width) of each level as Python ints (symbols under export).
         spatial_shapes / level_start_index: token layout.
         valid_ratios: ``[B, L, 2]`` valid fraction (w, h) of every level, or None.
-        bordered_features: ``features`` laid out for the inference gather path, shared by
-            every layer's value projection (set by :class:`FocusEncoder`; None elsewhere).
+        shared_values: ``features`` prepared once for every layer's deformable attention
+            (:meth:`MultiScaleDeformableAttention.shared_values`; set by
+            :class:`FocusEncoder`, None where the layers project the values themselves).
     """
 
     features: Tensor
@@ -63,7 +63,7 @@ class EncoderInputs:
     spatial_shapes: Tensor
     level_start_index: Tensor
     valid_ratios: Tensor | None
-    bordered_features: BorderedTokens | None = None
+    shared_values: SharedValues | None = None
 
 
 @dataclass(frozen=True)
@@ -113,9 +113,9 @@ class FocusEncoderLayer(nn.Module):
         tokens, slots, dual_counts = self._dual_attention(
             tokens, positions, category_scores, counts
         )
-        if inputs.bordered_features is not None:
-            attended = self.deformable_attention.attend_bordered(
-                tokens + positions, references, inputs.bordered_features, inputs.valid_ratios
+        if inputs.shared_values is not None:
+            attended = self.deformable_attention.attend_shared(
+                tokens + positions, references, inputs.shared_values, inputs.valid_ratios
             )
         else:
             value = self.deformable_attention.project_value(inputs.features, inputs.padding_mask)
@@ -261,11 +261,12 @@ class FocusEncoder(nn.Module):
         layers: list[FocusEncoderLayer] = list(self.layers)  # type: ignore[arg-type]
         selections: list[_LayerSelection | None]
         if ranked is None:
-            memory, selections = features, [None] * len(layers)
-        elif inference_fast_path(features):
-            if layers[0].deformable_attention.uses_fast_path(features):
-                bordered = border_tokens(features, inputs.level_shapes, padding)
-                inputs = dataclasses.replace(inputs, bordered_features=bordered)
+            return features, _trace([None] * len(layers), ranked, widths, budgets, features)
+        shared = layers[0].deformable_attention.shared_values(
+            features, inputs.level_shapes, inputs.spatial_shapes, padding
+        )
+        inputs = dataclasses.replace(inputs, shared_values=shared)
+        if inference_fast_path(features):
             memory, selections = self._run_layers_in_place(
                 layers, ranked, widths, budgets, foreground_logits, class_head, inputs
             )

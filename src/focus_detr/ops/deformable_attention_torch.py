@@ -27,13 +27,16 @@ from torch import Tensor
 __all__ = [
     "BorderedLayout",
     "BorderedTokens",
+    "ChannelFirstTokens",
     "border_tokens",
     "bordered_values",
+    "channel_first_tokens",
     "corner_rows_and_weights",
     "deformable_attention_corner_gather",
     "deformable_attention_from_table",
     "deformable_attention_gather",
     "deformable_attention_grid_sample",
+    "grid_sample_levels",
 ]
 
 
@@ -128,6 +131,49 @@ class BorderedTokens:
         augmented = torch.cat((weight, column), dim=1)
         torch.mm(self.tokens.view(batch * rows, channels), augmented.t(), out=table)
         return table.view(batch, rows, width)
+
+
+@dataclass(frozen=True)
+class ChannelFirstTokens:
+    """Value tokens laid out for the exported graph (see :func:`channel_first_tokens`).
+
+    ``[B, C + 1, S]``: the tokens channel first, zero on padding, with a last row of ones
+    (zero on padding). One ``MatMul`` with ``[weight | bias]`` then gives a layer's projected
+    values channel first, zero on padding: the bias and the padding mask cost no pass of
+    their own, and each level's values are a slice away from the ``[B * heads, head_dim, h,
+    w]`` maps of ``GridSample``, with no transpose per level and layer.
+
+    Attributes:
+        tokens: ``[B, C + 1, S]``.
+        level_shapes: (height, width) of each level (symbols under export).
+        spatial_shapes: ``[L, 2]`` the same as a tensor.
+    """
+
+    tokens: Tensor
+    level_shapes: Sequence[tuple[int, int]]
+    spatial_shapes: Tensor
+
+    def project(self, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``[B, C_out, S]`` ``linear(tokens)`` channel first, zero on padding."""
+        column = weight.new_zeros(weight.shape[0], 1) if bias is None else bias[:, None]
+        return torch.matmul(torch.cat((weight, column), dim=1), self.tokens)
+
+
+def channel_first_tokens(
+    tokens: Tensor,
+    level_shapes: Sequence[tuple[int, int]],
+    spatial_shapes: Tensor,
+    padding_mask: Tensor | None,
+) -> ChannelFirstTokens:
+    """``[B, S, C]`` tokens (``padding_mask`` ``[B, S]``, True on padding) ->
+    :class:`ChannelFirstTokens` (built once, read by every layer's value projection)."""
+    if padding_mask is None:
+        ones = tokens.new_ones(tokens.shape[0], tokens.shape[1], 1)
+        augmented = torch.cat((tokens, ones), dim=-1)
+    else:
+        keep = (~padding_mask).to(tokens.dtype)[..., None]
+        augmented = torch.cat((tokens * keep, keep), dim=-1)
+    return ChannelFirstTokens(augmented.transpose(1, 2), level_shapes, spatial_shapes)
 
 
 def border_tokens(
@@ -364,22 +410,39 @@ def deformable_attention_grid_sample(
     weights = attention_weights.permute(0, 2, 3, 4, 1).reshape(
         batch * num_heads, 1, num_levels, num_points, num_queries
     )
-    out = value.new_zeros(batch * num_heads, head_dim, num_queries)
+    levels = []
     start = 0
-    for level, (height, width) in enumerate(level_shapes):
+    for height, width in level_shapes:
         # [batch, h*w, heads, dim] -> [batch, heads * dim, h, w] -> [batch * heads, dim, h, w]
-        level_value = (
+        levels.append(
             value[:, start : start + height * width]
             .reshape(batch, height, width, num_heads * head_dim)
             .permute(0, 3, 1, 2)
             .reshape(batch * num_heads, head_dim, height, width)
         )
         start = start + height * width
+    out = grid_sample_levels(levels, grids, weights)
+    return out.view(batch, num_heads * head_dim, num_queries).transpose(1, 2).contiguous()
+
+
+def grid_sample_levels(levels: Sequence[Tensor], grids: Tensor, weights: Tensor) -> Tensor:
+    """The weighted bilinear samples of every level, summed: ``[G, D, Q]``.
+
+    Args:
+        levels: per level, the ``[G, D, h, w]`` values of ``G`` = batch * heads maps.
+        grids: ``[G, L, P, Q, 2]`` sampling locations in ``grid_sample``'s [-1, 1]
+            (``align_corners=False``).
+        weights: ``[G, 1, L, P, Q]`` attention weights.
+    """
+    out = None
+    for level, level_value in enumerate(levels):
         sampled = F.grid_sample(
             level_value, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False
-        )  # [batch * heads, dim, points, queries]
-        out = out + (sampled * weights[:, :, level]).sum(-2)
-    return out.view(batch, num_heads * head_dim, num_queries).transpose(1, 2).contiguous()
+        )  # [G, D, P, Q]
+        term = (sampled * weights[:, :, level]).sum(-2)
+        out = term if out is None else out + term
+    assert out is not None, "no levels"
+    return out
 
 
 def deformable_attention_corner_gather(
