@@ -32,6 +32,23 @@ def test_counter_conventions_on_known_ops() -> None:
     assert counts.flops["encoder"] == 3 * 10 * 20 + 5 * 3 * 20  # linear + layer norm
 
 
+def test_attention_and_row_writes_are_counted_on_cpu() -> None:
+    """PyTorch's FLOP registry lists the CUDA attention kernels but not the CPU one."""
+    q, k, v = torch.randn(2, 4, 9, 8), torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 6)
+    memory, rows = torch.zeros(10, 3), torch.randn(4, 3)
+    index = torch.tensor([1, 4, 7, 9])
+
+    def run() -> None:
+        with stage("decoder"):
+            torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        with stage("encoder"):
+            memory.index_copy_(0, index, rows)
+
+    counts = count_operations(run)
+    assert counts.flops["decoder"] == 2 * 4 * 9 * 5 * (8 + 6)  # q k^T, then weights v
+    assert counts.movement["encoder"] == 4 * 3
+
+
 def test_deformable_sampling_counts_four_per_channel_and_point() -> None:
     shapes = torch.tensor([[4, 4], [2, 2]])
     starts = torch.tensor([0, 16])

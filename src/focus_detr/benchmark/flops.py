@@ -66,7 +66,25 @@ _GATHERS = {
     aten.index.Tensor,
     aten.embedding.default,
 }
-_SCATTERS = {aten.scatter.src, aten.scatter_.src, aten.scatter.value, aten.scatter_add.default}
+_SCATTERS = {
+    aten.scatter.src,
+    aten.scatter_.src,
+    aten.scatter.value,
+    aten.scatter_add.default,
+    aten.index_copy.default,
+    aten.index_copy_.default,
+}
+#: PyTorch's CPU attention kernel, which its FLOP registry does not list (the CUDA ones it does).
+_CPU_ATTENTION = aten._scaled_dot_product_flash_attention_for_cpu.default
+
+
+def _attention_macs(args: tuple) -> float:
+    """``q @ k^T`` and ``weights @ v`` of ``q [B, H, Q, D]``, ``k [B, H, K, D]``,
+    ``v [B, H, K, Dv]``."""
+    query, key, value = args[:3]
+    batch_heads = query.shape[:-2].numel()
+    num_queries, num_keys = query.shape[-2], key.shape[-2]
+    return float(batch_heads * num_queries * num_keys * (query.shape[-1] + value.shape[-1]))
 
 
 class _Counter(TorchDispatchMode):
@@ -88,6 +106,8 @@ class _Counter(TorchDispatchMode):
         packet = func._overloadpacket
         if packet in flop_registry:
             self.counts.flops[stage] += _registry_macs(packet, args, kwargs, out)
+        elif func is _CPU_ATTENTION:
+            self.counts.flops[stage] += _attention_macs(args)
         elif func in _NORMS:
             self.counts.flops[stage] += _norm_flops(func, args, out)
         elif func in _EMBEDDING_BAG:
